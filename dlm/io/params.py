@@ -1,0 +1,80 @@
+"""Save and load a network's parameters as one safetensors file plus its config (the bundled-model format).
+
+Writes go to a temporary file in the same folder and are renamed into place, so a crash never leaves a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from dlm.model.config import ModelConfig
+from dlm.model.transformer import Transformer
+
+
+def _flat_state(model: Transformer) -> dict[str, np.ndarray]:
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  return {".".join(map(str, path)): np.asarray(jax.device_get(var.get_value())) for path, var in flat}
+
+
+def atomic_write(path: Path, write_fn) -> None:
+  """Call write_fn(tmp_path) and move the result to `path` only once it is complete."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  os.close(fd)
+  try:
+    write_fn(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def save_model(model: Transformer, folder: str | os.PathLike, *, dtype=None) -> None:
+  """Write `params.safetensors` and `config.json` into folder."""
+  folder = Path(folder)
+  tensors = _flat_state(model)
+  if dtype is not None:
+    tensors = {k: v.astype(dtype) for k, v in tensors.items()}
+  atomic_write(folder / "params.safetensors", lambda tmp: save_file(tensors, tmp))
+  atomic_write(folder / "config.json",
+               lambda tmp: Path(tmp).write_text(json.dumps(model.cfg.to_dict(), indent=1)))
+
+
+def load_model(folder: str | os.PathLike, *, dtype: str | None = None) -> Transformer:
+  """Inverse of save_model.  `dtype` overrides the compute dtype ("float32", "bfloat16")."""
+  folder = Path(folder)
+  for name in ("config.json", "params.safetensors"):
+    if not (folder / name).is_file():
+      raise FileNotFoundError(f"{folder / name} is missing; expected a folder written by dlm.io.save_model")
+  cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+  if dtype is not None:
+    cfg = cfg.replace(dtype=dtype)
+  tensors = load_file(str(folder / "params.safetensors"))
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  flat = nnx.to_flat_state(state)
+  expected = {".".join(map(str, p)): v for p, v in flat}
+  missing = sorted(set(expected) - set(tensors))
+  unexpected = sorted(set(tensors) - set(expected))
+  if missing or unexpected:
+    raise ValueError(f"parameter mismatch in {folder}: missing={missing} unexpected={unexpected}")
+  leaves = []
+  for path, var in flat:
+    key = ".".join(map(str, path))
+    arr = tensors[key]
+    if arr.shape != tuple(var.get_value().shape):
+      raise ValueError(f"{key}: checkpoint shape {arr.shape} != model shape {tuple(var.get_value().shape)}")
+    leaves.append((path, var.replace(jax.numpy.asarray(arr, dtype=var.get_value().dtype))))
+  state = nnx.from_flat_state(leaves)
+  return nnx.merge(graphdef, state)

@@ -1,0 +1,138 @@
+"""Training a base denoiser on the built-in task mixture, with orbax checkpoints and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import yaml
+from flax import nnx
+from tqdm.auto import tqdm
+
+from dlm.io.params import save_model
+from dlm.model.config import ModelConfig
+from dlm.model.transformer import Transformer
+from dlm.tasks import TOKENIZER, Add, HMM, Reverse, Sudoku4, Task
+from dlm.train.loss import masked_diffusion_loss
+
+_TASK_CLASSES = {"add": Add, "sudoku4": Sudoku4, "reverse": Reverse, "hmm": HMM}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A training recipe (configs/*.yaml)."""
+
+  model: dict  # ModelConfig fields except the tokenizer-derived ones
+  tasks: dict  # task name -> {"weight": float, **task kwargs}
+  steps: int = 4000
+  batch_per_task: int = 64
+  lr: float = 1e-3
+  warmup: int = 200
+  weight_decay: float = 0.01
+  grad_clip: float = 1.0
+  seed: int = 0
+  ckpt_every: int = 250
+  log_every: int = 50
+
+  def __post_init__(self):
+    if self.steps <= 0 or self.batch_per_task <= 0:
+      raise ValueError(f"{self.steps=} and {self.batch_per_task=} must be positive")
+    unknown = set(self.tasks) - set(_TASK_CLASSES)
+    if unknown:
+      raise ValueError(f"unknown tasks {sorted(unknown)} in the recipe; expected a subset of {sorted(_TASK_CLASSES)}")
+
+  @classmethod
+  def from_yaml(cls, path) -> "TrainConfig":
+    return cls(**yaml.safe_load(Path(path).read_text()))
+
+  def model_config(self) -> ModelConfig:
+    return ModelConfig(vocab_size=TOKENIZER.vocab_size, mask_id=TOKENIZER.mask_id, eos_id=TOKENIZER.eos_id,
+                       pad_id=TOKENIZER.pad_id, **self.model)
+
+  def task_objects(self) -> list[tuple[Task, float]]:
+    out = []
+    for name, spec in self.tasks.items():
+      spec = dict(spec)
+      weight = float(spec.pop("weight", 1.0))
+      out.append((_TASK_CLASSES[name](**spec), weight))
+    return out
+
+
+def _batch(tasks, batch: int, seed: int, step: int):
+  """Deterministic in (seed, step): a resumed run sees the same data as an uninterrupted one."""
+  out = []
+  for i, (task, _) in enumerate(tasks):
+    rng = np.random.default_rng([seed, step, i])
+    out.append(tuple(jnp.asarray(a) for a in task.encode([task.sample(rng) for _ in range(batch)])))
+  return out
+
+
+def _lr_schedule(cfg: TrainConfig):
+  return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, cfg.steps, end_value=cfg.lr * 0.05)
+
+
+def train(cfg: TrainConfig, out_dir, *, progress: bool = True, stop_after: int | None = None) -> Transformer:
+  """Train, checkpointing to out_dir/ckpt and resuming from its latest step; writes out_dir/model at the end.
+
+  `stop_after` ends the run early after that many steps of this call (used to test resume).
+  """
+  out_dir = Path(out_dir)
+  tasks = cfg.task_objects()
+  model = Transformer(cfg.model_config(), rngs=nnx.Rngs(cfg.seed))
+  tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                   optax.adamw(_lr_schedule(cfg), b1=0.9, b2=0.98, weight_decay=cfg.weight_decay))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  manager = ocp.CheckpointManager(
+      (out_dir / "ckpt").absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, save_interval_steps=1))
+  start = 0
+  if manager.latest_step() is not None:
+    start = manager.latest_step()
+    target = {"model": nnx.state(model), "opt": nnx.state(optimizer)}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    nnx.update(model, restored["model"])
+    nnx.update(optimizer, restored["opt"])
+
+  weights = [w for _, w in tasks]
+
+  @nnx.jit
+  def train_step(model, optimizer, key, batches):
+    def loss_fn(model):
+      total, metrics = 0.0, {}
+      for (task, _), w, k, (p, v, a) in zip(tasks, weights, jax.random.split(key, len(tasks)), batches):
+        loss, m = masked_diffusion_loss(model, k, p, v, a)
+        total = total + w * loss
+        metrics[f"ce_{task.name}"] = m["ce"]
+      return total / sum(weights), metrics
+
+    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    return loss, metrics
+
+  base_key = jax.random.key(cfg.seed)
+  end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+  bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress, desc="train")
+  t0, ema = time.time(), None
+  for step in bar:
+    loss, metrics = train_step(model, optimizer, jax.random.fold_in(base_key, step),
+                               _batch(tasks, cfg.batch_per_task, cfg.seed, step))
+    if step % cfg.log_every == 0 or step == end - 1:
+      loss = float(loss)
+      ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+      bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{float(v):.3f}" for k, v in metrics.items()})
+    if (step + 1) % cfg.ckpt_every == 0 or step + 1 == end:
+      manager.save(step + 1, args=ocp.args.StandardSave({"model": nnx.state(model), "opt": nnx.state(optimizer)}))
+  manager.wait_until_finished()
+  if end == cfg.steps:
+    save_model(model, out_dir / "model")
+  bar.close()
+  if progress:
+    print(f"trained steps {start}..{end} in {time.time() - t0:.1f}s")
+  return model

@@ -1,0 +1,39 @@
+"""Masked-diffusion training loss (MDLM/LLaDA form)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dlm.model.transformer import Transformer, positions_from_valid
+
+
+def mask_answer(key, answers, mask_id: int, eps: float = 1e-3):
+  """Forward process on the answer slots only.
+
+  answers [B, G] -> (noisy [B, G], masked [B, G] bool, p_mask [B]).  t is stratified over the batch
+  (one uniform shift, B evenly spaced points) which lowers the variance of the 1/t-weighted loss.
+  """
+  b = answers.shape[0]
+  k_t, k_m = jax.random.split(key)
+  t = (jax.random.uniform(k_t, ()) + jnp.arange(b) / b) % 1.0
+  p_mask = (1.0 - eps) * t + eps  # LLaDA: p_mask = (1 - eps) t + eps
+  masked = jax.random.uniform(k_m, answers.shape) < p_mask[:, None]
+  return jnp.where(masked, mask_id, answers), masked, p_mask
+
+
+def masked_diffusion_loss(net: Transformer, key, prompts, prompt_valid, answers):
+  """E_t [ (1/t) * sum_masked CE ] / G, the ELBO-weighted loss used by LLaDA (answer-only masking for SFT).
+
+  prompts [B, P], prompt_valid [B, P], answers [B, G] -> (scalar loss, metrics).
+  """
+  noisy, masked, p_mask = mask_answer(key, answers, net.cfg.mask_id)
+  tokens = jnp.concatenate([prompts, noisy], axis=1)
+  valid = jnp.concatenate([prompt_valid, jnp.ones_like(noisy, bool)], axis=1)
+  hidden, _ = net(tokens, positions_from_valid(valid), valid)
+  logits = net.logits(hidden[:, prompts.shape[1]:])  # [B, G, V]
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), answers[..., None], axis=-1)[..., 0]  # [B, G]
+  weighted = jnp.sum(jnp.where(masked, ce, 0.0), axis=1) / p_mask / answers.shape[1]
+  n_masked = jnp.maximum(masked.sum(), 1)
+  token_ce = jnp.sum(jnp.where(masked, ce, 0.0)) / n_masked
+  return jnp.mean(weighted), {"ce": token_ce}
