@@ -166,15 +166,19 @@ class Transformer(nnx.Module):
     hidden = self.final_norm(x)
     return hidden, KVCache(keys=jnp.stack(new_k), values=jnp.stack(new_v))
 
-  def logits(self, hidden: jax.Array) -> jax.Array:
-    """[B, W, D] -> [B, W, V] float32.  Applies Dream's right shift when the config asks for it."""
+  def logits(self, hidden: jax.Array, *, shift: bool | None = None) -> jax.Array:
+    """[B, W, D] -> [B, W, V] float32.
+
+    With `shift` (default: the config's `logit_shift`, Dream) slot i takes the output of position i-1 and slot 0
+    keeps its own, as Dream's generation code does.  A caller that slices a window out of `hidden` must do the
+    shift itself (take hidden[i-1]) and pass shift=False: inside a window the first slot has no left neighbour.
+    """
     if self.cfg.tie_embeddings:
       out = self.embed.attend(hidden)
     else:
       out = self.head(hidden)
     out = out.astype(jnp.float32)
-    if self.cfg.logit_shift:
-      # Dream: output i predicts token i+1, so slot i takes output i-1; slot 0 keeps its own (as Dream does).
+    if self.cfg.logit_shift if shift is None else shift:
       out = jnp.concatenate([out[:, :1], out[:, :-1]], axis=1)
     return out
 

@@ -1,0 +1,215 @@
+"""The generation driver: canvas, semi-autoregressive blocks, one `lax.while_loop`, NFE accounting.
+
+`generate` compiles one XLA program per (network graph, sampler, shapes, options); everything from the first to
+the last denoising step runs inside it, with no host round trip per step.
+
+Blocks advance in lockstep over the batch: the loop moves to block b+1 once every row is done with block b.
+A row that finishes a block early waits without being charged NFE (per-row counts are what a batch-1 run
+would spend); rows finish at different times and their counts differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dlm.engine.state import BlockState, Generation, LoopState, View
+from dlm.model.transformer import Transformer, positions_from_valid
+from dlm.samplers.base import Sampler
+
+CACHE_POLICIES = ("none",)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+  """Static options of one compiled generation program."""
+
+  gen_length: int
+  block_length: int
+  history_length: int  # rows of the recorded trace: the sampler's own step bound
+  cache: str = "none"
+  record: bool = False
+  stop_at_eos: bool = False
+
+  @property
+  def num_blocks(self) -> int:
+    return self.gen_length // self.block_length
+
+
+def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, max_nfe):
+  if not isinstance(model, Transformer):
+    raise TypeError(f"model must be a dlm Transformer, got {type(model).__name__}")
+  if not isinstance(sampler, Sampler):
+    raise TypeError(f"sampler must be a dlm.samplers.Sampler, got {type(sampler).__name__}")
+  if prompts.ndim != 2:
+    raise ValueError(f"prompts must be [B, P] token ids, got {prompts.shape=}")
+  if not jnp.issubdtype(prompts.dtype, jnp.integer):
+    raise ValueError(f"prompts must hold integer token ids, got {prompts.dtype=}")
+  if prompt_valid is not None and prompt_valid.shape != prompts.shape:
+    raise ValueError(f"{prompt_valid.shape=} must equal {prompts.shape=}")
+  if not isinstance(gen_length, int) or gen_length <= 0:
+    raise ValueError(f"{gen_length=} must be a positive int")
+  if not isinstance(block_length, int) or block_length <= 0 or gen_length % block_length:
+    raise ValueError(f"{block_length=} must be a positive divisor of {gen_length=}")
+  total = prompts.shape[1] + gen_length
+  if total > model.cfg.max_len:
+    raise ValueError(f"prompt length {prompts.shape[1]} + {gen_length=} = {total} exceeds the model's "
+                     f"max_len={model.cfg.max_len}")
+  if cache not in CACHE_POLICIES:
+    raise ValueError(f"{cache=}; expected one of {CACHE_POLICIES}")
+  if max_nfe is not None and (not isinstance(max_nfe, int) or max_nfe <= 0):
+    raise ValueError(f"{max_nfe=} must be a positive int or None")
+  sampler.validate(gen_length, block_length)
+
+
+def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler, gen_length: int,
+             block_length: int | None = None, cache: str = "none", max_nfe: int | None = None,
+             key: jax.Array | None = None, record: bool = False, stop_at_eos: bool = False) -> Generation:
+  """Fill `gen_length` answer slots after each (left-padded) prompt.
+
+  prompts: [B, P] int token ids, left-padded; prompt_valid: [B, P] bool (False on padding; default all True).
+  max_nfe: per-row budget of network forward calls (default: what the sampler needs to finish).
+  stop_at_eos: a row stops once an end-of-text token is committed with everything before it resolved; the
+    slots after it are set to end-of-text and cost nothing.
+  """
+  prompts = jnp.asarray(prompts)
+  if prompt_valid is not None:
+    prompt_valid = jnp.asarray(prompt_valid, bool)
+  block_length = gen_length if block_length is None else block_length
+  _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, max_nfe)
+  if prompt_valid is None:
+    prompt_valid = jnp.ones(prompts.shape, bool)
+  forwards_per_step = 2 if sampler.cfg_scale > 0 else 1
+  budget = sampler.max_nfe(gen_length, block_length) * forwards_per_step if max_nfe is None else max_nfe
+  history_length = max(sampler.max_nfe(gen_length, block_length), budget // forwards_per_step) if record else 0
+  spec = EngineSpec(gen_length=gen_length, block_length=block_length, history_length=history_length,
+                    cache=cache, record=record, stop_at_eos=stop_at_eos)
+  key = jax.random.key(0) if key is None else key
+  graphdef, state = nnx.split(model)
+  # The budget is a traced argument, so sweeping max_nfe reuses one compiled program.
+  max_steps = jnp.int32(budget // forwards_per_step)
+  out = _generate_jit(graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps, sampler=sampler,
+                      spec=spec)
+  return out.replace(prompt_length=prompts.shape[1])
+
+
+def _block_view(net: Transformer, hidden, start, block_length):
+  """Logits of slots [start, start + Bk) from full-sequence hidden states [B, L, D]."""
+  idx = start + jnp.arange(block_length)
+  if net.cfg.logit_shift:
+    idx = jnp.maximum(idx - 1, 0)  # Dream: slot i is predicted by the output at i - 1 (slot 0 by itself).
+  hidden_block = jnp.take(hidden, idx, axis=1)  # [B, Bk, D]
+  return hidden_block, net.logits(hidden_block, shift=False)
+
+
+def _first_end(answer, end_ids):
+  """Index of the first end-of-text token in each row of answer [B, G] (G when none) -> [B]."""
+  is_end = jnp.isin(answer, jnp.asarray(end_ids))
+  return jnp.where(is_end.any(-1), jnp.argmax(is_end, -1), answer.shape[1])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampler", "spec"))
+def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sampler: Sampler, spec: EngineSpec):
+  net: Transformer = nnx.merge(graphdef, state)
+  cfg = net.cfg
+  b, p = prompts.shape
+  g, bk = spec.gen_length, spec.block_length
+  tokens0 = jnp.concatenate([prompts, jnp.full((b, g), cfg.mask_id, jnp.int32)], axis=1)  # [B, L]
+  valid = jnp.concatenate([prompt_valid, jnp.ones((b, g), bool)], axis=1)  # [B, L]
+  positions = positions_from_valid(valid)
+  prompt_region = jnp.arange(p + g) < p
+
+  def forward(tokens):
+    hidden, _ = net(tokens, positions, valid)
+    return hidden
+
+  def block_logits(tokens, hidden, start):
+    hidden_block, logits = _block_view(net, hidden, start, bk)
+    if sampler.cfg_scale > 0:
+      # LLaDA's unsupervised CFG: the unconditional input masks every prompt position.
+      uncond = jnp.where(prompt_region[None], cfg.mask_id, tokens)
+      _, un_logits = _block_view(net, forward(uncond), start, bk)
+      logits = un_logits + (sampler.cfg_scale + 1.0) * (logits - un_logits)
+    # A slot committed to the mask id would stay unresolved forever, so no sampler may propose it (MDLM's SUBS
+    # does the same; LLaDA and Dream leave it, but their trained networks give it ~zero probability).
+    logits = logits.at[..., cfg.mask_id].set(-jnp.inf)
+    return View(logits=logits, hidden=hidden_block)
+
+  reuse = sampler.reuse_unchanged and sampler.cfg_scale == 0
+  hidden_shape = (b, p + g, cfg.d_model) if reuse else (0, 0, 0)
+  init = LoopState(
+      tokens=tokens0, block=jnp.int32(0), step=jnp.int32(0), iteration=jnp.int32(0),
+      entry_masked=jnp.zeros((b,), jnp.int32), nfe=jnp.zeros((b,), jnp.int32), steps=jnp.zeros((b,), jnp.int32),
+      done=jnp.zeros((b,), bool), commit_step=jnp.full((b, g), -1, jnp.int32), fresh=jnp.zeros((b,), bool),
+      cached_hidden=jnp.zeros(hidden_shape, cfg.compute_dtype),
+      history=jnp.zeros((spec.history_length, b, g), jnp.int32), key=key,
+      carry=sampler.init(b, bk))
+
+  def cond(s: LoopState):
+    return (s.iteration < max_steps) & ~jnp.all(s.done)
+
+  def body(s: LoopState):
+    start = p + s.block * bk
+    blk = jax.lax.dynamic_slice_in_dim(s.tokens, start, bk, axis=1)  # [B, Bk]
+    masked = blk == cfg.mask_id
+    active = ~s.done & masked.any(-1)
+    entry_masked = jnp.where(s.step == 0, masked.sum(-1).astype(jnp.int32), s.entry_masked)
+    if reuse:
+      need = active & ~s.fresh
+      ran = need.any()
+      hidden = jax.lax.cond(ran, forward, lambda _: s.cached_hidden, s.tokens)
+      charged = need
+    else:
+      hidden = forward(s.tokens)
+      ran, charged = True, active
+    view = block_logits(s.tokens, hidden, start)
+    key, k_step = jax.random.split(s.key)
+    block_state = BlockState(tokens=blk, masked=masked, active=active, entry_masked=entry_masked, step=s.step,
+                             block=s.block, num_blocks=spec.num_blocks, block_length=bk, mask_id=cfg.mask_id,
+                             end_ids=cfg.end_ids)
+    proposal, commit, carry = sampler.step(view, block_state, s.carry, k_step)
+    commit = commit & masked & active[:, None]
+    blk = jnp.where(commit, proposal.astype(jnp.int32), blk)
+    tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, blk, start, axis=1)
+    old_steps = jax.lax.dynamic_slice_in_dim(s.commit_step, start - p, bk, axis=1)
+    commit_step = jax.lax.dynamic_update_slice_in_dim(
+        s.commit_step, jnp.where(commit, s.iteration, old_steps), start - p, axis=1)
+
+    answer = tokens[:, p:]
+    unresolved = answer == cfg.mask_id
+    done = s.done | ~unresolved.any(-1)
+    if spec.stop_at_eos:
+      first_end = _first_end(answer, cfg.end_ids)
+      slot = jnp.arange(g)[None]
+      ended = (first_end < g) & ~jnp.any(unresolved & (slot < first_end[:, None]), -1)
+      answer = jnp.where(ended[:, None] & (slot > first_end[:, None]), cfg.eos_id, answer)
+      tokens = tokens.at[:, p:].set(answer)
+      done = done | ended
+    blk_after = jax.lax.dynamic_slice_in_dim(tokens, start, bk, axis=1)
+    block_complete = ~jnp.any(~done[:, None] & (blk_after == cfg.mask_id))
+    history = s.history
+    if spec.record:
+      row = jnp.minimum(s.iteration, spec.history_length - 1)
+      history = jax.lax.dynamic_update_index_in_dim(history, answer, row, 0)
+    return LoopState(
+        tokens=tokens, block=jnp.where(block_complete, s.block + 1, s.block).astype(jnp.int32),
+        step=jnp.where(block_complete, 0, s.step + 1).astype(jnp.int32), iteration=s.iteration + 1,
+        entry_masked=entry_masked, nfe=s.nfe + charged * (2 if sampler.cfg_scale > 0 else 1),
+        steps=s.steps + active, done=done, commit_step=commit_step,
+        fresh=(s.fresh | ran) & ~commit.any(-1) if reuse else s.fresh,
+        cached_hidden=hidden if reuse else s.cached_hidden, history=history, key=key, carry=carry)
+
+  final = jax.lax.while_loop(cond, body, init)
+  answer = final.tokens[:, p:]
+  finished = ~jnp.any(answer == cfg.mask_id, -1)
+  if spec.stop_at_eos:
+    finished = finished | final.done
+  gen_tokens = jnp.minimum(_first_end(answer, cfg.end_ids) + 1, g)
+  return Generation(tokens=final.tokens, nfe=final.nfe, steps=final.steps, finished=finished,
+                    gen_tokens=gen_tokens.astype(jnp.int32), commit_step=final.commit_step,
+                    history=final.history if spec.record else None)

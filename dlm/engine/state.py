@@ -1,0 +1,96 @@
+"""Pytrees that cross the engine/sampler boundary and the loop state."""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import numpy as np
+
+
+@flax.struct.dataclass
+class View:
+  """What the network tells a sampler about the active block.
+
+  logits: [B, Bk, V] float32 for the active block's slots (Dream's shift already applied).
+  hidden: [B, Bk, D] final hidden states feeding those logits (for learned heads).
+  Unused fields cost nothing: everything is traced in one program and XLA drops what no one reads.
+  """
+
+  logits: jax.Array
+  hidden: jax.Array
+
+
+@flax.struct.dataclass
+class BlockState:
+  """The canvas as a sampler sees it: the active block and where the loop stands.
+
+  tokens: [B, Bk] current tokens of the active block (mask id where unresolved).
+  masked: [B, Bk] bool, tokens == mask id.
+  active: [B] bool, rows that still decode this block (not finished, masks left).
+  entry_masked: [B] int32, masked count of the block when it was entered (LLaDA fixes its counts there).
+  step: [] int32, step index inside the block (0 at block entry).
+  block: [] int32, block index.
+  num_blocks, block_length, mask_id, end_ids: static.
+  """
+
+  tokens: jax.Array
+  masked: jax.Array
+  active: jax.Array
+  entry_masked: jax.Array
+  step: jax.Array
+  block: jax.Array
+  num_blocks: int = flax.struct.field(pytree_node=False)
+  block_length: int = flax.struct.field(pytree_node=False)
+  mask_id: int = flax.struct.field(pytree_node=False)
+  end_ids: tuple[int, ...] = flax.struct.field(pytree_node=False)
+
+
+@flax.struct.dataclass
+class LoopState:
+  """Carry of the engine's lax.while_loop."""
+
+  tokens: jax.Array  # [B, L]
+  block: jax.Array  # [] int32, lockstep over rows
+  step: jax.Array  # [] int32, step inside the block
+  iteration: jax.Array  # [] int32, loop iterations so far (bounded by max_nfe)
+  entry_masked: jax.Array  # [B] int32
+  nfe: jax.Array  # [B] int32, forward calls this row took part in
+  steps: jax.Array  # [B] int32, denoising steps this row took
+  done: jax.Array  # [B] bool
+  commit_step: jax.Array  # [B, G] int32, iteration at which each answer slot was committed (-1: never)
+  fresh: jax.Array  # [B] bool, canvas unchanged since the cached prediction (no-change caching)
+  cached_hidden: jax.Array  # [B, L, D] hidden of the last forward (only when the sampler reuses predictions)
+  history: jax.Array  # [T, B, G] answer tokens after each iteration when recording, else [0, B, G]
+  key: jax.Array
+  carry: object  # the sampler's carry
+
+
+@flax.struct.dataclass
+class Generation:
+  """Result of `generate`.
+
+  tokens: [B, P + G] prompt (left-padded, as given) followed by the answer slots.
+  nfe: [B] network forward calls per row (a CFG step counts two).
+  steps: [B] denoising steps per row.
+  finished: [B] all answer slots resolved (or the row ended at an end-of-text token).
+  gen_tokens: [B] generated tokens up to and including the first end-of-text (DESIGN.md §3).
+  commit_step: [B, G] loop iteration at which each answer slot was committed (-1 if never).
+  history: [T, B, G] answer tokens after each iteration (only with record=True).
+  """
+
+  tokens: jax.Array
+  nfe: jax.Array
+  steps: jax.Array
+  finished: jax.Array
+  gen_tokens: jax.Array
+  commit_step: jax.Array
+  history: jax.Array | None = None
+  prompt_length: int = flax.struct.field(pytree_node=False, default=0)
+
+  @property
+  def answers(self) -> jax.Array:
+    """[B, G] the answer slots."""
+    return self.tokens[:, self.prompt_length:]
+
+  def to_numpy(self) -> "Generation":
+    return jax.tree.map(np.asarray, self)

@@ -1,0 +1,495 @@
+"""Hugging Face model folders <-> dlm networks: LLaDA (OLMo-style names) and Dream (Qwen2-style names).
+
+    model, tokenizer = load_hf("path/to/LLaDA-8B-Instruct")        # or a hub id found in the local HF cache
+    export_hf(model, "out/my-llada", tokenizer_dir="path/to/LLaDA-8B-Instruct")
+
+Loading reads `config.json`, recognises the architecture, checks every tensor's name and shape against the
+network before reading any data, then reads the checkpoint tensor by tensor (single file or shards listed in
+`model.safetensors.index.json`): each tensor is cast to the parameter dtype, transposed to dlm's [in, out]
+layout and placed on its device (or sharding) before the next one is read, into a network built abstractly with
+`nnx.eval_shape`. Host memory stays at about one copy of the parameters plus one tensor.
+
+Export writes the same layout back (sharded above `max_shard_bytes`) into a temporary folder that is renamed
+into place only when complete.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from dlm.io import safetensors_stream as st
+from dlm.io.tokenizer import TOKENIZER_FILES, HFTokenizer
+from dlm.model.config import ModelConfig
+from dlm.model.transformer import Transformer
+
+LLADA_IDS = {"mask_id": 126_336, "eos_id": 126_081, "eot_id": 126_348}  # <|mdm_mask|>, <|endoftext|>, <|eot_id|>
+DREAM_IDS = {"mask_id": 151_666, "eos_id": 151_643, "eot_id": 151_645}  # <|mask|>, <|endoftext|>, <|im_end|>
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # non-persistent buffers some exporters still write
+
+
+class CheckpointError(ValueError):
+  """A model folder that cannot be loaded (or a network that cannot be exported) as asked."""
+
+
+def _listing(names, limit: int = 12) -> str:
+  names = sorted(names)
+  more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
+
+
+# -- locating a model ----------------------------------------------------------------------------------------------
+
+
+def hub_cache_dir() -> Path:
+  """The Hugging Face hub cache, following huggingface_hub's environment variables."""
+  for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+    if os.environ.get(var):
+      return Path(os.environ[var]).expanduser()
+  if os.environ.get("HF_HOME"):
+    return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+  xdg = os.environ.get("XDG_CACHE_HOME")
+  return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def resolve_model_path(path_or_hub_id: str | os.PathLike) -> Path:
+  """A local folder as is; a hub id `org/name[@revision]` through the local Hugging Face cache.  Never uses the
+  network: a hub id not in the cache fails at once with instructions."""
+  text = os.fspath(path_or_hub_id)
+  local = Path(text).expanduser()
+  if local.exists():
+    if not local.is_dir():
+      raise CheckpointError(f"{local} is a file; pass the model folder that holds config.json")
+    return local
+  if not _HUB_ID.match(text):
+    raise FileNotFoundError(f"{local} does not exist")
+  repo, _, revision = text.partition("@")
+  cache = hub_cache_dir()
+  repo_dir = cache / f"models--{repo.replace('/', '--')}"
+  snapshots = repo_dir / "snapshots"
+  ref = repo_dir / "refs" / (revision or "main")
+  candidates = []
+  if ref.is_file():
+    candidates.append(snapshots / ref.read_text().strip())
+  if revision:
+    candidates.append(snapshots / revision)
+  elif snapshots.is_dir():
+    candidates += sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+  for snap in candidates:
+    if (snap / "config.json").is_file():
+      return snap
+  name = repo.split("/")[-1]
+  raise FileNotFoundError(
+      f"{text!r} is not a local folder and is not in the Hugging Face cache ({cache}); dlm never downloads. "
+      f"Fetch it once where there is network, e.g. `huggingface-cli download {repo} --local-dir ./{name}` "
+      f"(or `hf download`), then pass the folder: dlm.load('./{name}'), or set HF_HOME/HF_HUB_CACHE to the "
+      f"cache that holds it.")
+
+
+# -- config.json <-> ModelConfig --------------------------------------------------------------------------------
+
+
+def detect_arch(hf_cfg: Mapping[str, Any]) -> str:
+  archs = [str(a) for a in hf_cfg.get("architectures") or []]
+  model_type = str(hf_cfg.get("model_type", "")).lower()
+  if "LLaDAModelLM" in archs or model_type == "llada":  # LLaDA-8B Base/Instruct, LLaDA-1.5 (not the MoE ones)
+    return "llada"
+  if "DreamModel" in archs or model_type == "dream":
+    return "dream"
+  if "arch" in hf_cfg and "architectures" not in hf_cfg:
+    raise CheckpointError("this config.json was written by dlm.io.params.save_model; load that folder with "
+                          "dlm.io.params.load_model (or `dlm convert --to-hf` it first)")
+  raise CheckpointError(f"unsupported architecture: architectures={hf_cfg.get('architectures')} "
+                        f"model_type={hf_cfg.get('model_type')!r}; dlm reads LLaDA (LLaDAModelLM / 'llada') and "
+                        f"Dream (DreamModel / 'Dream')")
+
+
+def _need(hf_cfg, key: str, arch: str):
+  if hf_cfg.get(key) is None:
+    raise CheckpointError(f"config.json of this {arch} model lacks {key!r}")
+  return hf_cfg[key]
+
+
+def _special_ids(hf_cfg, defaults: dict, vocab: int) -> dict:
+  """Ids from config.json, else the architecture's known ids (eot only where it fits the vocabulary)."""
+  mask = hf_cfg.get("mask_token_id", defaults["mask_id"])
+  eos = hf_cfg.get("eos_token_id", defaults["eos_id"])
+  if isinstance(eos, list):  # generation-style lists: the first is the canonical end of text
+    eos = eos[0]
+  eot = hf_cfg["eot_token_id"] if "eot_token_id" in hf_cfg else defaults["eot_id"]
+  if eot is not None and eot >= vocab:
+    eot = None
+  pad = hf_cfg.get("pad_token_id")
+  for name, value in (("mask_token_id", mask), ("eos_token_id", eos)):
+    if value is None or not 0 <= int(value) < vocab:
+      raise CheckpointError(f"config.json {name}={value} does not fit the vocabulary ({vocab=}); set it in "
+                            f"config.json")
+  return {"mask_id": int(mask), "eos_id": int(eos), "eot_id": eot, "pad_id": pad}
+
+
+def _check(cond: bool, message: str):
+  if not cond:
+    raise CheckpointError(message)
+
+
+def config_from_hf(hf_cfg: Mapping[str, Any], *, dtype: str = "bfloat16", param_dtype: str | None = None
+                   ) -> ModelConfig:
+  """Translate a Hugging Face config.json (dict) into a ModelConfig, refusing features dlm does not implement."""
+  arch = detect_arch(hf_cfg)
+  common = {"dtype": dtype, "param_dtype": param_dtype or dtype, "arch": arch}
+  if arch == "llada":
+    g = lambda k, d=None: hf_cfg.get(k, d)  # noqa: E731
+    _check(g("block_type", "llama") in ("llama", "llada"), f"LLaDA block_type={g('block_type')!r}: only 'llama'")
+    _check(g("layer_norm_type", "rms") == "rms", f"LLaDA layer_norm_type={g('layer_norm_type')!r}: only 'rms'")
+    _check(g("activation_type", "silu") == "silu", f"LLaDA activation_type={g('activation_type')!r}: only silu")
+    _check(g("rope", True) and not g("alibi", False), "LLaDA without RoPE (or with ALiBi) is not supported")
+    _check(not g("include_bias", False), "LLaDA include_bias=true (biases on every Linear) is not supported")
+    _check(not g("attention_layer_norm", False), "LLaDA attention_layer_norm (q/k norm) is not supported")
+    _check(not g("scale_logits", False) and not g("input_emb_norm", False),
+           "LLaDA scale_logits / input_emb_norm are not supported")
+    _check(g("layer_norm_with_affine", True) and not g("bias_for_layer_norm", False),
+           "LLaDA norms must have a weight and no bias")
+    d_model, n_heads = _need(hf_cfg, "d_model", arch), _need(hf_cfg, "n_heads", arch)
+    n_kv = 1 if g("multi_query_attention") else g("n_kv_heads")
+    mlp = g("mlp_hidden_size") or int(_need(hf_cfg, "mlp_ratio", arch) * d_model)
+    vocab = g("embedding_size") or _need(hf_cfg, "vocab_size", arch)
+    return ModelConfig(
+        vocab_size=vocab, d_model=d_model, n_layers=_need(hf_cfg, "n_layers", arch), n_heads=n_heads,
+        n_kv_heads=None if n_kv in (None, n_heads) else n_kv, mlp_hidden=mlp,
+        max_len=_need(hf_cfg, "max_sequence_length", arch), rope_theta=float(g("rope_theta", 10_000.0)),
+        norm_eps=float(g("rms_norm_eps", 1e-5)), qkv_bias=bool(g("include_qkv_bias", False)),
+        tie_embeddings=bool(g("weight_tying", False)), logit_shift=False,
+        **_special_ids(hf_cfg, LLADA_IDS, vocab), **common)
+  g = lambda k, d=None: hf_cfg.get(k, d)  # noqa: E731
+  _check(g("hidden_act", "silu") == "silu", f"Dream hidden_act={g('hidden_act')!r}: only silu")
+  _check(not g("rope_scaling"), f"Dream rope_scaling={g('rope_scaling')} is not supported")
+  d_model, n_heads = _need(hf_cfg, "hidden_size", arch), _need(hf_cfg, "num_attention_heads", arch)
+  n_kv = g("num_key_value_heads")
+  head_dim = g("head_dim")
+  vocab = _need(hf_cfg, "vocab_size", arch)
+  return ModelConfig(
+      vocab_size=vocab, d_model=d_model, n_layers=_need(hf_cfg, "num_hidden_layers", arch), n_heads=n_heads,
+      n_kv_heads=None if n_kv in (None, n_heads) else n_kv,
+      head_dim=None if head_dim in (None, d_model // n_heads) else head_dim,
+      mlp_hidden=_need(hf_cfg, "intermediate_size", arch), max_len=_need(hf_cfg, "max_position_embeddings", arch),
+      rope_theta=float(g("rope_theta", 10_000.0)), norm_eps=float(g("rms_norm_eps", 1e-6)), qkv_bias=True,
+      tie_embeddings=bool(g("tie_word_embeddings", False)), logit_shift=True,
+      **_special_ids(hf_cfg, DREAM_IDS, vocab), **common)
+
+
+_TORCH_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def config_to_hf(cfg: ModelConfig, *, dtype: str | None = None, base: Mapping[str, Any] | None = None) -> dict:
+  """The config.json for `cfg` in its architecture's own vocabulary.  Keys of `base` (an original config.json of
+  the same architecture: auto_map, init settings, ...) are kept unless dlm owns them."""
+  dtype = _TORCH_DTYPE[dtype or cfg.param_dtype]
+  out = dict(base or {})
+  ids = {"mask_token_id": cfg.mask_id, "eos_token_id": cfg.eos_id, "eot_token_id": cfg.eot_id,
+         "pad_token_id": cfg.pad_id, "torch_dtype": dtype}
+  if cfg.arch == "llada":
+    if cfg.logit_shift:
+      raise CheckpointError("LLaDA layout has no logit shift; this network has logit_shift=True")
+    if cfg.dim_per_head * cfg.n_heads != cfg.d_model:
+      raise CheckpointError(f"LLaDA layout needs head_dim * n_heads == d_model; got {cfg.head_dim=}")
+    out.update({
+        "architectures": ["LLaDAModelLM"], "model_type": "llada", "block_type": "llama",
+        "activation_type": "silu", "layer_norm_type": "rms", "rope": True, "alibi": False,
+        "include_bias": False, "include_qkv_bias": cfg.qkv_bias, "weight_tying": cfg.tie_embeddings,
+        "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.num_kv_heads,
+        "multi_query_attention": None, "mlp_hidden_size": cfg.mlp_hidden, "max_sequence_length": cfg.max_len,
+        "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps, "embedding_size": cfg.vocab_size,
+        "vocab_size": min(out.get("vocab_size") or cfg.vocab_size, cfg.vocab_size), **ids})
+    return out
+  if not (cfg.logit_shift and cfg.qkv_bias):
+    raise CheckpointError(f"Dream (Qwen2) layout needs qkv_bias=True and logit_shift=True; got {cfg.qkv_bias=} "
+                          f"{cfg.logit_shift=}")
+  out.update({
+      "architectures": ["DreamModel"], "model_type": "Dream", "hidden_act": "silu", "hidden_size": cfg.d_model,
+      "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+      "num_key_value_heads": cfg.num_kv_heads, "intermediate_size": cfg.mlp_hidden,
+      "max_position_embeddings": cfg.max_len, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps,
+      "vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings, "rope_scaling": None, **ids})
+  if cfg.head_dim is not None:
+    out["head_dim"] = cfg.head_dim
+  return out
+
+
+# -- weight names -----------------------------------------------------------------------------------------------
+
+
+def weight_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
+  """Hugging Face tensor name -> (dlm parameter path, transpose?) in file order.  Linear weights are stored
+  [out, in] by PyTorch and [in, out] by dlm, hence the transpose."""
+  names: dict[str, tuple[str, bool]] = {}
+  if cfg.arch == "llada":
+    names["model.transformer.wte.weight"] = ("embed.embedding", False)
+    linear = {"q_proj": "attn.q_proj", "k_proj": "attn.k_proj", "v_proj": "attn.v_proj",
+              "attn_out": "attn.o_proj", "ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+              "ff_out": "mlp.down_proj"}  # ff_proj is the SiLU-gated branch: ff_out(act(ff_proj(x)) * up_proj(x))
+    norms = {"attn_norm": "attn_norm", "ff_norm": "mlp_norm"}
+    prefix = "model.transformer.blocks.{i}."
+    final = {"model.transformer.ln_f.weight": ("final_norm.scale", False)}
+    head = "model.transformer.ff_out.weight"
+  else:
+    names["model.embed_tokens.weight"] = ("embed.embedding", False)
+    linear = {f"self_attn.{p}": f"attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    linear |= {f"mlp.{p}": f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")}
+    norms = {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"}
+    prefix = "model.layers.{i}."
+    final = {"model.norm.weight": ("final_norm.scale", False)}
+    head = "lm_head.weight"
+  biased = [n for n in linear if n.split(".")[-1] in ("q_proj", "k_proj", "v_proj")] if cfg.qkv_bias else []
+  for i in range(cfg.n_layers):
+    p = prefix.format(i=i)
+    for hf, ours in norms.items():
+      names[f"{p}{hf}.weight"] = (f"layers.{i}.{ours}.scale", False)
+    for hf, ours in linear.items():
+      names[f"{p}{hf}.weight"] = (f"layers.{i}.{ours}.kernel", True)
+      if hf in biased:
+        names[f"{p}{hf}.bias"] = (f"layers.{i}.{ours}.bias", False)
+  names.update(final)
+  if not cfg.tie_embeddings:
+    names[head] = ("head.kernel", True)
+  return names
+
+
+def _head_name(cfg: ModelConfig) -> str:
+  return "model.transformer.ff_out.weight" if cfg.arch == "llada" else "lm_head.weight"
+
+
+# -- reading --------------------------------------------------------------------------------------------------------
+
+
+def read_config(folder: Path) -> dict:
+  path = folder / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing; expected a Hugging Face model folder (config.json + "
+                            f"*.safetensors)")
+  try:
+    hf_cfg = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+  if not isinstance(hf_cfg, dict):
+    raise CheckpointError(f"{path} holds a {type(hf_cfg).__name__}, not a JSON object")
+  return hf_cfg
+
+
+def checkpoint_tensors(folder: Path) -> dict[str, st.TensorInfo]:
+  """Every tensor of the folder's safetensors checkpoint (validated headers, no data read)."""
+  index_path = folder / INDEX_FILE
+  if index_path.is_file():
+    try:
+      weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise CheckpointError(f"{index_path} is not a valid index (a JSON object with 'weight_map'): {e}") from e
+    by_file: dict[str, list[str]] = {}
+    for name, file in weight_map.items():
+      by_file.setdefault(file, []).append(name)
+    missing = [f for f in by_file if not (folder / f).is_file()]
+    if missing:
+      raise CheckpointError(f"{folder}: shard file(s) {missing} listed in {INDEX_FILE} are missing (holding "
+                            f"{_listing(n for f in missing for n in by_file[f])}); the download is incomplete")
+    files = sorted(by_file)
+  elif (folder / SINGLE_FILE).is_file():
+    files, weight_map = [SINGLE_FILE], None
+  else:
+    files, weight_map = sorted(p.name for p in folder.glob("*.safetensors")), None
+    if not files:
+      extra = " (PyTorch .bin checkpoints are not read; save them as safetensors)" if list(
+          folder.glob("*.bin")) else ""
+      raise CheckpointError(f"{folder} has no *.safetensors file{extra}")
+  tensors: dict[str, st.TensorInfo] = {}
+  for file in files:
+    header = st.read_header(folder / file)
+    for name, info in header.items():
+      if name in tensors:
+        raise CheckpointError(f"tensor {name!r} appears in both {tensors[name].file.name} and {file}")
+      if weight_map is not None and weight_map.get(name) != file:
+        raise CheckpointError(f"{file} holds {name!r} but {INDEX_FILE} places it in {weight_map.get(name)}")
+      tensors[name] = info
+  if weight_map is not None:
+    absent = set(weight_map) - set(tensors)
+    if absent:
+      raise CheckpointError(f"tensors listed in {INDEX_FILE} but absent from their shards: {_listing(absent)}")
+  return tensors
+
+
+def _plan(cfg: ModelConfig, tensors: Mapping[str, st.TensorInfo], expected_shapes: Mapping[str, tuple]):
+  """Check names and shapes of the whole checkpoint before any data is read; return the reads in file order."""
+  names = weight_names(cfg)
+  ignorable = {n for n in tensors if _IGNORED.match(n)}
+  if cfg.tie_embeddings:
+    ignorable.add(_head_name(cfg))  # tied checkpoints sometimes still carry a copy of the head
+  missing = set(names) - set(tensors)
+  unexpected = set(tensors) - set(names) - ignorable
+  if missing or unexpected:
+    raise CheckpointError(f"{cfg.arch} checkpoint does not match its config.json: missing tensors "
+                          f"[{_listing(missing)}]; unexpected tensors [{_listing(unexpected)}]")
+  wrong = []
+  for hf_name, (path, transpose) in names.items():
+    info = tensors[hf_name]
+    want = tuple(expected_shapes[path])
+    want = want[::-1] if transpose else want
+    if info.shape != want:
+      wrong.append(f"{hf_name}: checkpoint shape {info.shape} != expected {want}")
+    if not info.dtype.startswith(("F", "BF")):
+      wrong.append(f"{hf_name}: {info.dtype=} is not a floating-point type")
+  if wrong:
+    raise CheckpointError("shape/dtype mismatch between checkpoint and config.json:\n  " + "\n  ".join(wrong))
+  order = sorted(names, key=lambda n: (str(tensors[n].file), tensors[n].start))
+  return [(n, *names[n]) for n in order]
+
+
+ShardingSpec = Mapping[str, jax.sharding.Sharding] | Callable[[str, tuple[int, ...]], Any] | None
+
+
+def _sharding_for(path: str, shape, mesh, shardings: ShardingSpec):
+  if callable(shardings):
+    s = shardings(path, shape)
+  elif shardings is not None:
+    s = shardings.get(path)
+  else:
+    s = None
+  if s is None and mesh is not None:
+    s = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # replicated
+  return s
+
+
+def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param_dtype: str | None = None,
+            mesh: jax.sharding.Mesh | None = None, shardings: ShardingSpec = None
+            ) -> tuple[Transformer, HFTokenizer | None]:
+  """Load a LLaDA or Dream Hugging Face folder (or cached hub id) as (network, tokenizer or None).
+
+  dtype: compute dtype; param_dtype: storage dtype of the parameters (defaults to dtype).
+  shardings: {parameter path: Sharding} (paths as `layers.0.attn.q_proj.kernel`) or a function
+  (path, shape) -> Sharding | None; parameters without one are replicated over `mesh` when a mesh is given,
+  else placed on the default device.
+  """
+  folder = resolve_model_path(path_or_hub_id)
+  cfg = config_from_hf(read_config(folder), dtype=dtype, param_dtype=param_dtype)
+  tensors = checkpoint_tensors(folder)
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  flat = {".".join(map(str, p)): (p, v) for p, v in nnx.to_flat_state(state)}
+  plan = _plan(cfg, tensors, {k: v.get_value().shape for k, (_, v) in flat.items()})
+  if set(flat) != {path for _, path, _ in plan}:
+    raise CheckpointError(f"internal: network parameters {_listing(set(flat) - {p for _, p, _ in plan})} have "
+                          f"no checkpoint tensor")
+  leaves = []
+  for hf_name, path, transpose in plan:
+    key, var = flat[path]
+    target = np.dtype(var.get_value().dtype)
+    host = st.read_tensor(tensors[hf_name], dtype=target, transpose=transpose)  # [in, out] for Linear kernels
+    sharding = _sharding_for(path, host.shape, mesh, shardings)
+    value = jax.device_put(host, sharding) if sharding is not None else jax.device_put(host)
+    value.block_until_ready()
+    del host
+    if value.nbytes > st.CHUNK_BYTES:
+      gc.collect(0)  # a copying device_put leaves the host buffer in a young reference cycle: free it now
+    leaves.append((key, var.replace(value)))
+  model = nnx.merge(graphdef, nnx.from_flat_state(leaves))
+  return model, HFTokenizer.from_folder(folder)
+
+
+# -- writing --------------------------------------------------------------------------------------------------------
+
+
+def move_into_place(tmp: Path, folder: Path) -> None:
+  """Rename the finished folder `tmp` to `folder`; an existing `folder` is moved aside first, then deleted."""
+  if folder.exists():
+    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+    os.rmdir(old)
+    os.rename(folder, old)
+    os.rename(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(tmp, folder)
+
+
+def _copy_source_files(src: Path, dst: Path) -> None:
+  """Tokenizer files, generation config and remote modelling code (*.py) of the original folder."""
+  for name in (*TOKENIZER_FILES, "generation_config.json"):
+    if (src / name).is_file():
+      shutil.copy2(src / name, dst / name)
+  for py in src.glob("*.py"):
+    shutil.copy2(py, dst / py.name)
+
+
+def export_hf(model: Transformer, folder: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,
+              dtype: str | None = None, max_shard_bytes: int = 5 * 1024**3, overwrite: bool = False) -> Path:
+  """Write `model` as a Hugging Face folder of its architecture (config.json + safetensors, sharded with an index
+  above max_shard_bytes).  `tokenizer_dir`, typically the original model folder, contributes its tokenizer
+  files, generation_config.json, modelling code (*.py) and the extra keys of its config.json (auto_map, ...).
+  The folder appears complete or not at all."""
+  cfg = model.cfg
+  folder = Path(folder)
+  if folder.exists() and not overwrite:
+    raise FileExistsError(f"{folder} exists; pass overwrite=True (or choose a new folder)")
+  src = Path(tokenizer_dir) if tokenizer_dir is not None else None
+  base = None
+  if src is not None and (src / "config.json").is_file():
+    candidate = read_config(src)
+    try:
+      base = candidate if detect_arch(candidate) == cfg.arch else None
+    except CheckpointError:
+      base = None
+  out_dtype = np.dtype(cfg.params_dtype if dtype is None else dtype)
+  hf_config = config_to_hf(cfg, dtype=np.dtype(out_dtype).name, base=base)
+  values = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  st_dtype = st.dtype_name(out_dtype)
+  entries = []
+  for hf_name, (path, transpose) in weight_names(cfg).items():
+    shape = tuple(values[path].get_value().shape)
+    shape = shape[::-1] if transpose else shape
+
+    def produce(path=path, transpose=transpose):
+      host = np.asarray(jax.device_get(values[path].get_value())).astype(out_dtype)
+      return host.T if transpose else host
+
+    entries.append((hf_name, st_dtype, shape, produce))
+  shards, current, size = [], [], 0
+  for e in entries:
+    nbytes = int(np.prod(e[2])) * out_dtype.itemsize
+    if current and size + nbytes > max_shard_bytes:
+      shards.append(current)
+      current, size = [], 0
+    current.append(e)
+    size += nbytes
+  shards.append(current)
+
+  folder.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+  try:
+    weight_map, total = {}, 0
+    for k, shard in enumerate(shards):
+      name = SINGLE_FILE if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+      total += st.write_file(tmp / name, shard, {"format": "pt"})
+      weight_map.update({e[0]: name for e in shard})
+    if len(shards) > 1:
+      (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                               indent=2))
+    if src is not None:
+      _copy_source_files(src, tmp)
+    (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+    move_into_place(tmp, folder)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return folder

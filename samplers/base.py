@@ -1,0 +1,93 @@
+"""The Sampler protocol and the primitives most samplers share (Gumbel-max, per-row top-k)."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dlm.engine.state import BlockState, View
+
+
+class Sampler(abc.ABC):
+  """A frozen, hashable dataclass that decides which masked slots of the active block to commit.
+
+  The engine calls `init` once and `step` once per denoising step; a sampler returns block-local proposals
+  (tokens [B, Bk], commit [B, Bk] bool).  The engine only ever writes proposals at masked slots of active rows,
+  so a sampler cannot touch prompt tokens or un-commit anything.
+  """
+
+  # Classifier-free guidance scale (LLaDA's "unsupervised CFG": the unconditional input masks the prompt).
+  cfg_scale: float = 0.0
+
+  @property
+  def reuse_unchanged(self) -> bool:
+    """Whether the engine may reuse the previous prediction when a row's canvas did not change (MDLM cache)."""
+    return False
+
+  def validate(self, gen_length: int, block_length: int) -> None:
+    """Raise ValueError for settings that do not fit the canvas."""
+
+  @abc.abstractmethod
+  def max_nfe(self, gen_length: int, block_length: int) -> int:
+    """Upper bound on denoising steps for the whole answer (the loop's default budget)."""
+
+  def init(self, batch: int, block_length: int):
+    del batch, block_length
+    return ()
+
+  @abc.abstractmethod
+  def step(self, view: View, block: BlockState, carry, key: jax.Array):
+    """-> (tokens [B, Bk] int32, commit [B, Bk] bool, carry)."""
+
+  @property
+  def family(self) -> str:
+    """Name of the sampler family (one line per family in frontier plots)."""
+    return type(self).__name__
+
+  def settings(self) -> dict:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def exponential_hires(key: jax.Array, shape) -> jax.Array:
+  """Exp(1) draws E = -log(U) whose small values (the upper Gumbel tail, -log E) are not truncated.
+
+  A float32 uniform has 23-24 random bits, so E = -log(U) is never smaller than ~2^-24 and the Gumbel sample
+  g = -log(E) never exceeds ~16.6: rare tokens are under-sampled and the effective temperature drops
+  (arXiv:2409.02908, the reason LLaDA draws its noise in float64).  We build W = 1 - U from two 32-bit words,
+  W = (b1 + (b2 + 1) 2^-32) 2^-32, which resolves W (hence E = -log1p(-W) ≈ W) down to 2^-64, i.e. g up to
+  ~44, with float32's full relative precision at every scale.  The lower tail (g < -2.8) stays truncated; it
+  has probability ~1e-7 and only affects tokens that lose the argmax anyway.
+  """
+  b1, b2 = jax.random.bits(key, (2, *shape), jnp.uint32)
+  w = (b1.astype(jnp.float32) + (b2.astype(jnp.float32) + 1.0) * 2.0**-32) * 2.0**-32  # (0, 1]
+  w = jnp.minimum(w, 1.0 - 2.0**-24)  # keep log1p finite
+  return -jnp.log1p(-w)
+
+
+def gumbel_argmax(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
+  """An exact sample from softmax(logits / T) by Gumbel-max; T == 0 is greedy argmax.  [..., V] -> [...]."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  # argmax(logits / T - log E) == argmax(exp(logits) / E^T), LLaDA's add_gumbel_noise form.
+  noisy = logits.astype(jnp.float32) - temperature * jnp.log(exponential_hires(key, logits.shape))
+  return jnp.argmax(noisy, axis=-1).astype(jnp.int32)
+
+
+def topk_per_row(score: jax.Array, k: jax.Array, eligible: jax.Array) -> jax.Array:
+  """Select the k[b] highest-scoring eligible slots of each row.  score [B, N], k [B], eligible [B, N] -> bool.
+
+  Rank by a stable descending sort (ties go to the lower index), so a row-specific k needs no Python loop.
+  """
+  score = jnp.where(eligible, score, -jnp.inf)
+  order = jnp.argsort(-score, axis=-1, stable=True)
+  rank = jnp.argsort(order, axis=-1, stable=True)
+  return (rank < k[:, None]) & eligible
+
+
+def probability_of(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """softmax(logits)[tokens] in float32.  [..., V], [...] -> [...]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.exp(jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0])

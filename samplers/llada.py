@@ -1,0 +1,98 @@
+"""LLaDA's reference sampler (ML-GSAI/LLaDA generate.py): low-confidence and random remasking.
+
+Per block the `steps / num_blocks` steps commit a front-loaded even split of the block's masks
+(base = m // spb, the first m % spb steps one more).  Every step samples x0 at all slots (Gumbel-max at
+temperature T), scores the masked slots, and commits the k highest.  "Remasking" means keeping the
+low-scoring predictions masked; committed tokens are never re-masked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dlm.engine.state import BlockState, View
+from dlm.samplers.base import Sampler, gumbel_argmax, probability_of, topk_per_row
+
+
+def even_split_count(entry_masked: jax.Array, step: jax.Array, steps_per_block: int) -> jax.Array:
+  """LLaDA's per-step count for step `step` of a block entered with `entry_masked` [B] masks -> [B] int32."""
+  base = entry_masked // steps_per_block
+  return (base + (step < entry_masked % steps_per_block)).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LLaDABase(Sampler):
+  steps: int = 64
+  temperature: float = 0.0
+  cfg_scale: float = 0.0
+  logits_eos_inf: bool = False  # forbid <|endoftext|> entirely (LLaDA's HumanEval setting)
+  confidence_eos_eot_inf: bool = False  # commit end-of-text tokens last (the intent of LLaDA PR #139)
+
+  def __post_init__(self):
+    if not isinstance(self.steps, int) or self.steps <= 0:
+      raise ValueError(f"{self.steps=} must be a positive int")
+    if self.temperature < 0:
+      raise ValueError(f"{self.temperature=} must be >= 0")
+    if self.cfg_scale < 0:
+      raise ValueError(f"{self.cfg_scale=} must be >= 0")
+
+  def validate(self, gen_length, block_length):
+    num_blocks = gen_length // block_length
+    if self.steps < num_blocks or self.steps % num_blocks:
+      raise ValueError(f"{self.steps=} must be a positive multiple of the number of blocks "
+                       f"(gen_length/block_length = {gen_length}/{block_length} = {num_blocks})")
+    if self.steps > gen_length:
+      raise ValueError(f"{self.steps=} exceeds {gen_length=}: steps beyond one token per step would commit nothing")
+
+  def max_nfe(self, gen_length, block_length):
+    return self.steps
+
+  def _score(self, logits, x0, key):
+    raise NotImplementedError
+
+  def step(self, view: View, block: BlockState, carry, key):
+    k_sample, k_score = jax.random.split(key)
+    logits = view.logits  # [B, Bk, V]
+    eos_id = block.end_ids[0]
+    if self.logits_eos_inf:
+      logits = logits.at[..., eos_id].set(-jnp.inf)
+    x0 = gumbel_argmax(k_sample, logits, self.temperature)  # [B, Bk]
+    score = self._score(logits, x0, k_score)  # [B, Bk]
+    if self.confidence_eos_eot_inf:
+      # LLaDA's chained assignment only achieves this at T == 0 (issue #137); we implement the intent.
+      is_end = jnp.isin(x0, jnp.asarray(block.end_ids))
+      # Not -inf, which would tie with ineligible slots in top-k: end tokens stay eligible but rank last.
+      score = jnp.where(is_end, -1e30, score)
+    spb = self.steps // block.num_blocks
+    k = even_split_count(block.entry_masked, block.step, spb)
+    commit = topk_per_row(score, k, block.masked)
+    return x0, commit, carry
+
+
+@dataclasses.dataclass(frozen=True)
+class LowConfidence(_LLaDABase):
+  """Commit the k most confident masked slots; confidence = softmax of the *clean* logits at x0 (not tempered)."""
+
+  def _score(self, logits, x0, key):
+    del key
+    return probability_of(logits, x0)
+
+  @property
+  def family(self):
+    return "low_confidence"
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomRemasking(_LLaDABase):
+  """Commit k uniformly random masked slots (LLaDA remasking='random')."""
+
+  def _score(self, logits, x0, key):
+    del logits
+    return jax.random.uniform(key, x0.shape)
+
+  @property
+  def family(self):
+    return "random"

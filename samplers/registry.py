@@ -1,0 +1,30 @@
+"""Name -> sampler class, for the command line and experiment grids (the library itself passes objects)."""
+
+from __future__ import annotations
+
+from dlm.samplers.base import Sampler
+from dlm.samplers.ancestral import Ancestral
+from dlm.samplers.llada import LowConfidence, RandomRemasking
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    "low_confidence": LowConfidence,
+    "random": RandomRemasking,
+    "ancestral": Ancestral,
+}
+
+
+def register(name: str, cls: type[Sampler]) -> None:
+  SAMPLERS[name] = cls
+
+
+def make_sampler(name: str, **settings) -> Sampler:
+  """Build a sampler by registry name; unknown names and settings raise ValueError naming the valid ones."""
+  if name not in SAMPLERS:
+    raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+  cls = SAMPLERS[name]
+  try:
+    return cls(**settings)
+  except TypeError as e:
+    import dataclasses
+    fields = sorted(f.name for f in dataclasses.fields(cls))
+    raise ValueError(f"bad settings {settings} for sampler {name!r}: {e}; its settings are {fields}") from None

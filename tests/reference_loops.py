@@ -1,0 +1,71 @@
+"""Plain Python/NumPy re-implementations of the samplers, written from the papers' pseudo-code.
+
+They share nothing with the engine but the network forward and the random draws (same key splits), so the
+compiled loop can be compared with them token for token.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from dlm.model.transformer import positions_from_valid
+from dlm.samplers.base import exponential_hires
+
+
+def make_forward(model):
+  @jax.jit
+  def fwd(tokens, valid):
+    hidden, _ = model(tokens, positions_from_valid(valid), valid)
+    return model.logits(hidden)
+
+  return lambda tokens, valid: np.asarray(fwd(tokens, valid), np.float64)
+
+
+def softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  e = np.exp(x)
+  return e / e.sum(-1, keepdims=True)
+
+
+def llada_reference(model, prompts, valid, *, steps, gen_length, block_length, temperature=0.0,
+                    remasking="low_confidence", cfg_scale=0.0, key):
+  """ML-GSAI/LLaDA generate() as in the notes, one row at a time for the top-k."""
+  fwd = make_forward(model)
+  m_id = model.cfg.mask_id
+  b, p = prompts.shape
+  x = np.concatenate([np.asarray(prompts), np.full((b, gen_length), m_id)], 1).astype(np.int32)
+  full_valid = np.concatenate([np.asarray(valid), np.ones((b, gen_length), bool)], 1)
+  nb = gen_length // block_length
+  spb = steps // nb
+  for blk in range(nb):
+    s, e = p + blk * block_length, p + (blk + 1) * block_length
+    m = (x[:, s:e] == m_id).sum(1)
+    counts = np.stack([m // spb + (i < m % spb) for i in range(spb)], 1)
+    for i in range(spb):
+      key, k_step = jax.random.split(key)
+      k_sample, k_score = jax.random.split(k_step)
+      logits = fwd(x, full_valid)
+      if cfg_scale > 0:
+        un = x.copy()
+        un[:, :p] = m_id
+        un_logits = fwd(un, full_valid)
+        logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
+      logits = logits[:, s:e]
+      logits[..., m_id] = -np.inf
+      if temperature == 0:
+        x0 = logits.argmax(-1)
+      else:
+        noise = np.asarray(exponential_hires(k_sample, logits.shape), np.float64)
+        x0 = (logits - temperature * np.log(noise)).argmax(-1)
+      if remasking == "low_confidence":
+        conf = np.take_along_axis(softmax(logits), x0[..., None], -1)[..., 0]
+      else:
+        conf = np.asarray(jax.random.uniform(k_score, x0.shape), np.float64)
+      mask = x[:, s:e] == m_id
+      for row in range(b):
+        cand = np.where(mask[row], conf[row], -np.inf)
+        chosen = np.argsort(-cand, kind="stable")[:counts[row, i]]
+        chosen = chosen[mask[row, chosen]]
+        x[row, s + chosen] = x0[row, chosen]
+  return x
