@@ -1,0 +1,30 @@
+"""dlm: sampling from masked diffusion language models (LLaDA, Dream, MDLM) in JAX/Flax NNX.
+
+`import dlm` is light: the network, engine and IO modules load when first used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["load"]
+
+
+def load(path_or_hub_id: str | os.PathLike, **kwargs):
+  """Load a network as (model, tokenizer or None) from any of the folders dlm reads.
+
+  - a folder written by `dlm.io.save_model` (params.safetensors + config.json, e.g. `dlm train` output or
+    `dlm convert` of a Hugging Face folder): `dlm.io.load_model(folder, **kwargs)` (kwargs: dtype);
+  - otherwise a LLaDA or Dream Hugging Face folder or a hub id in the local HF cache:
+    `dlm.io.load_hf(path_or_hub_id, **kwargs)` (kwargs: dtype, param_dtype, mesh, shardings, max_len).
+
+  The tokenizer is the folder's tokenizer.json (with its chat template) when it has one, else None.
+  """
+  folder = Path(path_or_hub_id)
+  if (folder / "params.safetensors").is_file() and (folder / "config.json").is_file():
+    from dlm.io.params import load_model
+    from dlm.io.tokenizer import HFTokenizer
+    return load_model(folder, **kwargs), HFTokenizer.from_folder(folder)
+  from dlm.io.hf import load_hf
+  return load_hf(path_or_hub_id, **kwargs)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from dlm.samplers.base import Sampler
 from dlm.samplers.ancestral import Ancestral
+from dlm.samplers.dilated import Dilated
+from dlm.samplers.dinfer import Credit, Hierarchy
+from dlm.samplers.dream import DreamSampler
 from dlm.samplers.llada import LowConfidence, RandomRemasking
+from dlm.samplers.threshold import Factor, Threshold
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "low_confidence": LowConfidence,
     "random": RandomRemasking,
     "ancestral": Ancestral,
+    "threshold": Threshold,
+    "factor": Factor,
+    "dream": DreamSampler,
+    "dilated": Dilated,
+    "credit": Credit,
+    "hierarchy": Hierarchy,
 }
 
 

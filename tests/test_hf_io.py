@@ -149,7 +149,10 @@ def dlm_logits(folder: Path, ids, valid, positions) -> np.ndarray:
   return np.asarray(model.logits(hidden))  # [B, L, V]
 
 
-def torch_reference(arch: str, cfg: dict, tensors: dict[str, np.ndarray]):
+def torch_model(arch: str, cfg: dict, tensors: dict[str, np.ndarray]):
+  """transformers' Llama (for LLaDA) or Qwen2 (for Dream) holding the checkpoint's weights, in eval mode.
+
+  Run it with a full (bidirectional) additive attention mask over the valid keys: see torch_reference."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   if arch == "llada":  # LLaDA is a bidirectional Llama under OLMo names
@@ -177,7 +180,12 @@ def torch_reference(arch: str, cfg: dict, tensors: dict[str, np.ndarray]):
     model = transformers.Qwen2ForCausalLM(ref_cfg)
     names = {k: k for k in tensors}
   model.load_state_dict({names[k]: torch.from_numpy(v) for k, v in tensors.items()}, strict=True)
-  model.eval()
+  return model.eval()
+
+
+def torch_reference(arch: str, cfg: dict, tensors: dict[str, np.ndarray]):
+  torch = pytest.importorskip("torch")
+  model = torch_model(arch, cfg, tensors)
 
   def run(ids, valid, positions):
     bias = torch.zeros(ids.shape[0], 1, ids.shape[1], ids.shape[1])  # [B, 1, Lq, Lk]: full attention over keys
@@ -291,6 +299,35 @@ def test_convert_cli_both_ways(tmp_path):
   assert back.keys() == tensors.keys() and all(np.array_equal(back[k], v) for k, v in tensors.items())
 
 
+def test_dlm_load_dispatches_on_folder_kind(tmp_path):
+  import dlm
+  write_checkpoint(tmp_path / "hf", "dream", tokenizer=True)
+  convert.main([str(tmp_path / "hf"), str(tmp_path / "ours"), "--dtype", "float32"])
+  from_hf, tok_hf = dlm.load(tmp_path / "hf", dtype="float32", max_len=32)
+  ours, tok_ours = dlm.load(str(tmp_path / "ours"))
+  assert from_hf.cfg.max_len == 32 and ours.cfg == from_hf.cfg.replace(max_len=64)
+  assert tok_hf.encode("hello world") == tok_ours.encode("hello world")
+  np.testing.assert_array_equal(np.asarray(ours.layers[1].mlp.up_proj.kernel[...]),
+                                np.asarray(from_hf.layers[1].mlp.up_proj.kernel[...]))
+  params.save_model(init_model(tiny_llada()), tmp_path / "bare")  # what `dlm train` writes: no tokenizer
+  bare, tok = dlm.load(tmp_path / "bare", dtype="bfloat16")
+  assert tok is None and bare.cfg.dtype == "bfloat16"
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    dlm.load(tmp_path / "nowhere")
+
+
+def test_imports_stay_light():
+  code = ("import sys, dlm, dlm.io, dlm.io.tokenizer, dlm.io.safetensors_stream\n"
+          "assert 'jax' not in sys.modules, 'jax imported too early'\n"
+          "from dlm.io import HFTokenizer, load_hf, load_model, save_model, export_hf, convert\n"
+          "assert 'jax' in sys.modules and callable(load_hf) and callable(convert.main)\n"
+          "import dlm.io as io; assert set(io.__all__) <= set(dir(io))\n"
+          "print('ok')")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
 def test_hub_id_resolves_through_cache_and_fails_fast(tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
   for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
@@ -315,7 +352,8 @@ def test_real_configs_match_presets():
   dream = dream_config(hidden_size=3584, num_attention_heads=28, num_key_value_heads=4, num_hidden_layers=28,
                        intermediate_size=18944, vocab_size=152064, max_position_embeddings=131072,
                        bos_token_id=151643, eos_token_id=151643, pad_token_id=151643, mask_token_id=151666)
-  assert hf.config_from_hf(dream) == dream_7b(max_len=131072)
+  assert hf.config_from_hf(dream) == dream_7b(max_len=131072)  # Qwen2.5's limit, kept (see config_from_hf)
+  assert hf.config_from_hf(dream, max_len=2048) == dream_7b()  # Dream's training context, on request
   for cfg in (llada_8b(), dream_7b()):
     assert hf.config_from_hf(hf.config_to_hf(cfg)) == cfg
 

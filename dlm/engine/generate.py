@@ -6,6 +6,10 @@ the last denoising step runs inside it, with no host round trip per step.
 Blocks advance in lockstep over the batch: the loop moves to block b+1 once every row is done with block b.
 A row that finishes a block early waits without being charged NFE (per-row counts are what a batch-1 run
 would spend); rows finish at different times and their counts differ.
+
+KV-cache policies (`cache=`, see dlm/engine/cache.py): every block starts with a full forward that refreshes the
+cache and is that step's prediction; later steps of the block recompute a window.  Blocks are in lockstep, so the
+window is shared by the rows and each policy is one `lax.switch` between static-shape forward programs.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dlm.engine.cache import (CACHE_POLICIES, DEFAULT_WINDOW, CachePlan, block_slots, check_cache, empty_cache,
+                              full_forward, plan_cache, window_forward)
 from dlm.engine.state import BlockState, Generation, LoopState, View
 from dlm.model.transformer import Transformer, positions_from_valid
 from dlm.samplers.base import Sampler
-
-CACHE_POLICIES = ("none",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +39,20 @@ class EngineSpec:
   cache: str = "none"
   record: bool = False
   stop_at_eos: bool = False
+  plan: CachePlan | None = None  # window geometry of a cache policy (None for 'none')
+  probe: bool = False  # also run a full forward at every step and record the cached prediction's error
+
+  @property
+  def trace_length(self) -> int:
+    """Rows of the per-iteration probe trace (the same bound as the recorded history)."""
+    return self.history_length if self.probe else 0
 
   @property
   def num_blocks(self) -> int:
     return self.gen_length // self.block_length
 
 
-def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, max_nfe):
+def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window, max_nfe):
   if not isinstance(model, Transformer):
     raise TypeError(f"model must be a dlm Transformer, got {type(model).__name__}")
   if not isinstance(sampler, Sampler):
@@ -60,42 +71,58 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
   if total > model.cfg.max_len:
     raise ValueError(f"prompt length {prompts.shape[1]} + {gen_length=} = {total} exceeds the model's "
                      f"max_len={model.cfg.max_len}")
-  if cache not in CACHE_POLICIES:
-    raise ValueError(f"{cache=}; expected one of {CACHE_POLICIES}")
+  check_cache(cache, window)
   if max_nfe is not None and (not isinstance(max_nfe, int) or max_nfe <= 0):
     raise ValueError(f"{max_nfe=} must be a positive int or None")
   sampler.validate(gen_length, block_length)
 
 
 def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler, gen_length: int,
-             block_length: int | None = None, cache: str = "none", max_nfe: int | None = None,
-             key: jax.Array | None = None, record: bool = False, stop_at_eos: bool = False) -> Generation:
+             block_length: int | None = None, cache: str = "none", window: int = DEFAULT_WINDOW,
+             max_nfe: int | None = None, key: jax.Array | None = None, record: bool = False,
+             stop_at_eos: bool = False) -> Generation:
   """Fill `gen_length` answer slots after each (left-padded) prompt.
 
   prompts: [B, P] int token ids, left-padded; prompt_valid: [B, P] bool (False on padding; default all True).
+  cache: 'none' (full forward every step), 'prefix', 'dual' or 'window' (dlm/engine/cache.py).  A cached step
+    still counts one NFE per row (DESIGN.md §3); `Generation.tokens_computed` counts the positions recomputed.
+  window: with cache='window', the tokens recomputed on each side of the active block (ignored otherwise).
   max_nfe: per-row budget of network forward calls (default: what the sampler needs to finish).
   stop_at_eos: a row stops once an end-of-text token is committed with everything before it resolved; the
     slots after it are set to end-of-text and cost nothing.
   """
+  args, statics = _prepare(model, prompts, prompt_valid, sampler=sampler, gen_length=gen_length,
+                           block_length=block_length, cache=cache, window=window, max_nfe=max_nfe, key=key,
+                           record=record, stop_at_eos=stop_at_eos)
+  out, _ = _generate_jit(*args, **statics)
+  return out.replace(prompt_length=args[2].shape[1])
+
+
+def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_length=None, cache="none",
+             window=DEFAULT_WINDOW, max_nfe=None, key=None, record=False, stop_at_eos=False, probe=False):
+  """Check the arguments -> (positional args, static kwargs) of `_generate_jit` (also used to time its compile)."""
   prompts = jnp.asarray(prompts)
   if prompt_valid is not None:
     prompt_valid = jnp.asarray(prompt_valid, bool)
   block_length = gen_length if block_length is None else block_length
-  _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, max_nfe)
+  _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window, max_nfe)
   if prompt_valid is None:
     prompt_valid = jnp.ones(prompts.shape, bool)
   forwards_per_step = 2 if sampler.cfg_scale > 0 else 1
   budget = sampler.max_nfe(gen_length, block_length) * forwards_per_step if max_nfe is None else max_nfe
-  history_length = max(sampler.max_nfe(gen_length, block_length), budget // forwards_per_step) if record else 0
+  traced = record or (probe and cache != "none")
+  history_length = max(sampler.max_nfe(gen_length, block_length), budget // forwards_per_step) if traced else 0
+  plan = None if cache == "none" else plan_cache(cache, prompt_length=prompts.shape[1], gen_length=gen_length,
+                                                 block_length=block_length, shift=model.cfg.logit_shift,
+                                                 window=window)
   spec = EngineSpec(gen_length=gen_length, block_length=block_length, history_length=history_length,
-                    cache=cache, record=record, stop_at_eos=stop_at_eos)
+                    cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache != "none")
   key = jax.random.key(0) if key is None else key
   graphdef, state = nnx.split(model)
   # The budget is a traced argument, so sweeping max_nfe reuses one compiled program.
   max_steps = jnp.int32(budget // forwards_per_step)
-  out = _generate_jit(graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps, sampler=sampler,
-                      spec=spec)
-  return out.replace(prompt_length=prompts.shape[1])
+  args = (graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps)
+  return args, dict(sampler=sampler, spec=spec)
 
 
 def _block_view(net: Transformer, hidden, start, block_length):
@@ -115,6 +142,7 @@ def _first_end(answer, end_ids):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampler", "spec"))
 def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sampler: Sampler, spec: EngineSpec):
+  """-> (Generation, aux): aux holds the loop's iteration counts (and the divergence probe) for bench/reports."""
   net: Transformer = nnx.merge(graphdef, state)
   cfg = net.cfg
   b, p = prompts.shape
@@ -123,32 +151,92 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
   valid = jnp.concatenate([prompt_valid, jnp.ones((b, g), bool)], axis=1)  # [B, L]
   positions = positions_from_valid(valid)
   prompt_region = jnp.arange(p + g) < p
+  forwards_per_step = 2 if sampler.cfg_scale > 0 else 1
 
   def forward(tokens):
     hidden, _ = net(tokens, positions, valid)
     return hidden
 
-  def block_logits(tokens, hidden, start):
+  def guided(logits, un_logits):
+    return un_logits + (sampler.cfg_scale + 1.0) * (logits - un_logits)
+
+  def raw_block_logits(tokens, hidden, start):
     hidden_block, logits = _block_view(net, hidden, start, bk)
     if sampler.cfg_scale > 0:
       # LLaDA's unsupervised CFG: the unconditional input masks every prompt position.
       uncond = jnp.where(prompt_region[None], cfg.mask_id, tokens)
       _, un_logits = _block_view(net, forward(uncond), start, bk)
-      logits = un_logits + (sampler.cfg_scale + 1.0) * (logits - un_logits)
+      logits = guided(logits, un_logits)
+    return hidden_block, logits
+
+  def to_view(logits, hidden_block):
     # A slot committed to the mask id would stay unresolved forever, so no sampler may propose it (MDLM's SUBS
     # does the same; LLaDA and Dream leave it, but their trained networks give it ~zero probability).
     logits = logits.at[..., cfg.mask_id].set(-jnp.inf)
     return View(logits=logits, hidden=hidden_block)
 
-  reuse = sampler.reuse_unchanged and sampler.cfg_scale == 0
+  def block_logits(tokens, hidden, start):
+    hidden_block, logits = raw_block_logits(tokens, hidden, start)
+    return to_view(logits, hidden_block)
+
+  plan = spec.plan
+  if plan is not None:
+    # Under CFG the unconditional canvas rides along as B extra rows with their own cache rows: two caches in one
+    # buffer [n_layers, 2B, L, ...], and one forward of 2B rows per step instead of two of B.
+    def rows_of(tokens):  # [B, L] -> [R, L]
+      if sampler.cfg_scale > 0:
+        return jnp.concatenate([tokens, jnp.where(prompt_region[None], cfg.mask_id, tokens)], axis=0)
+      return tokens
+
+    rows_valid = jnp.tile(valid, (forwards_per_step, 1))  # [R, L]
+    rows_positions = jnp.tile(positions, (forwards_per_step, 1))  # [R, L]
+    window_starts = jnp.asarray(plan.starts, jnp.int32)  # [num_blocks]
+    window_widths = jnp.asarray(plan.widths, jnp.int32)  # [num_blocks]
+    window_branch = jnp.asarray(plan.branch_of_block, jnp.int32)  # [num_blocks]
+
+    def refresh(rows, kv, start, block):
+      del kv, block
+      hidden, kv = full_forward(net, rows, rows_positions, rows_valid)  # [R, L, D]
+      return jnp.take(hidden, block_slots(start, bk, plan.shift), axis=1), kv  # [R, Bk, D]
+
+    def windowed(width):
+      def run(rows, kv, start, block):
+        ws = window_starts[block]
+        hidden, kv = window_forward(net, rows, rows_positions, rows_valid, kv, ws, width)  # [R, W, D]
+        return jnp.take(hidden, block_slots(start, bk, plan.shift) - ws, axis=1), kv  # [R, Bk, D]
+      return run
+
+    programs = [refresh] + [windowed(w) for w in plan.programs]
+
+    def cached_logits(tokens, kv, start, block, step):
+      """-> hidden [B, Bk, D], logits [B, Bk, V] (before the mask-id ban), new cache, positions recomputed."""
+      which = jnp.where(step == 0, 0, 1 + window_branch[block])
+      hidden_block, kv = jax.lax.switch(which, programs, rows_of(tokens), kv, start, block)  # [R, Bk, D]
+      logits = net.logits(hidden_block, shift=False)  # [R, Bk, V]
+      if sampler.cfg_scale > 0:
+        logits = guided(logits[:b], logits[b:])
+        hidden_block = hidden_block[:b]
+      width = jnp.where(step == 0, p + g, window_widths[block])
+      return hidden_block, logits, kv, width
+
+  # No-change reuse (MDLM's cache) only with cache='none': under a KV cache a skipped step would also skip the
+  # cache bookkeeping (a block-entry refresh could be skipped), and the cached policies already make steps cheap.
+  reuse = sampler.reuse_unchanged and sampler.cfg_scale == 0 and plan is None
   hidden_shape = (b, p + g, cfg.d_model) if reuse else (0, 0, 0)
+  kv0 = () if plan is None else empty_cache(cfg, forwards_per_step * b, p + g)
+  t = spec.trace_length
+  # Divergence probe: per row, the max |cached - full-forward| logit over the masked slots it decoded; per
+  # iteration, the max over rows and the step inside the block (0 = refresh).
+  probe0 = dict(gap=jnp.zeros((b,), jnp.float32), trace=jnp.zeros((t,), jnp.float32),
+                trace_step=jnp.full((t,), -1, jnp.int32)) if spec.probe else ()
   init = LoopState(
       tokens=tokens0, block=jnp.int32(0), step=jnp.int32(0), iteration=jnp.int32(0),
       entry_masked=jnp.zeros((b,), jnp.int32), nfe=jnp.zeros((b,), jnp.int32), steps=jnp.zeros((b,), jnp.int32),
       done=jnp.zeros((b,), bool), commit_step=jnp.full((b, g), -1, jnp.int32), fresh=jnp.zeros((b,), bool),
       cached_hidden=jnp.zeros(hidden_shape, cfg.compute_dtype),
-      history=jnp.zeros((spec.history_length, b, g), jnp.int32), key=key,
-      carry=sampler.init(b, bk))
+      history=jnp.zeros((spec.history_length if spec.record else 0, b, g), jnp.int32), key=key,
+      carry=sampler.init(b, bk), kv=kv0, tokens_computed=jnp.zeros((b,), jnp.int32),
+      block_iterations=jnp.zeros((spec.num_blocks,), jnp.int32), probe=probe0)
 
   def cond(s: LoopState):
     return (s.iteration < max_steps) & ~jnp.all(s.done)
@@ -159,15 +247,29 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
     masked = blk == cfg.mask_id
     active = ~s.done & masked.any(-1)
     entry_masked = jnp.where(s.step == 0, masked.sum(-1).astype(jnp.int32), s.entry_masked)
-    if reuse:
-      need = active & ~s.fresh
-      ran = need.any()
-      hidden = jax.lax.cond(ran, forward, lambda _: s.cached_hidden, s.tokens)
-      charged = need
-    else:
-      hidden = forward(s.tokens)
+    kv, probe = s.kv, s.probe
+    if plan is not None:
+      hidden_block, logits, kv, width = cached_logits(s.tokens, s.kv, start, s.block, s.step)
+      view = to_view(logits, hidden_block)
       ran, charged = True, active
-    view = block_logits(s.tokens, hidden, start)
+      if spec.probe:
+        _, full_logits = raw_block_logits(s.tokens, forward(s.tokens), start)
+        gap = jnp.abs(logits - full_logits).max(-1)  # [B, Bk]
+        gap = jnp.where(masked & active[:, None], gap, 0.0).max(-1)  # [B]
+        row = jnp.minimum(s.iteration, t - 1)
+        probe = dict(gap=jnp.maximum(probe["gap"], gap), trace=probe["trace"].at[row].set(gap.max()),
+                     trace_step=probe["trace_step"].at[row].set(s.step))
+    else:
+      width = p + g
+      if reuse:
+        need = active & ~s.fresh
+        ran = need.any()
+        hidden = jax.lax.cond(ran, forward, lambda _: s.cached_hidden, s.tokens)
+        charged = need
+      else:
+        hidden = forward(s.tokens)
+        ran, charged = True, active
+      view = block_logits(s.tokens, hidden, start)
     key, k_step = jax.random.split(s.key)
     block_state = BlockState(tokens=blk, masked=masked, active=active, entry_masked=entry_masked, step=s.step,
                              block=s.block, num_blocks=spec.num_blocks, block_length=bk, mask_id=cfg.mask_id,
@@ -199,10 +301,12 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
     return LoopState(
         tokens=tokens, block=jnp.where(block_complete, s.block + 1, s.block).astype(jnp.int32),
         step=jnp.where(block_complete, 0, s.step + 1).astype(jnp.int32), iteration=s.iteration + 1,
-        entry_masked=entry_masked, nfe=s.nfe + charged * (2 if sampler.cfg_scale > 0 else 1),
+        entry_masked=entry_masked, nfe=s.nfe + charged * forwards_per_step,
         steps=s.steps + active, done=done, commit_step=commit_step,
         fresh=(s.fresh | ran) & ~commit.any(-1) if reuse else s.fresh,
-        cached_hidden=hidden if reuse else s.cached_hidden, history=history, key=key, carry=carry)
+        cached_hidden=hidden if reuse else s.cached_hidden, history=history, key=key, carry=carry, kv=kv,
+        tokens_computed=s.tokens_computed + charged * (width * forwards_per_step),
+        block_iterations=s.block_iterations.at[s.block].add(1), probe=probe)
 
   final = jax.lax.while_loop(cond, body, init)
   answer = final.tokens[:, p:]
@@ -210,6 +314,9 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
   if spec.stop_at_eos:
     finished = finished | final.done
   gen_tokens = jnp.minimum(_first_end(answer, cfg.end_ids) + 1, g)
-  return Generation(tokens=final.tokens, nfe=final.nfe, steps=final.steps, finished=finished,
-                    gen_tokens=gen_tokens.astype(jnp.int32), commit_step=final.commit_step,
-                    history=final.history if spec.record else None)
+  out = Generation(tokens=final.tokens, nfe=final.nfe, steps=final.steps, finished=finished,
+                   gen_tokens=gen_tokens.astype(jnp.int32), commit_step=final.commit_step,
+                   history=final.history if spec.record else None,
+                   tokens_computed=final.tokens_computed.astype(jnp.int32))
+  aux = dict(iterations=final.iteration, block_iterations=final.block_iterations, probe=final.probe)
+  return out, aux

@@ -63,6 +63,10 @@ class LoopState:
   history: jax.Array  # [T, B, G] answer tokens after each iteration when recording, else [0, B, G]
   key: jax.Array
   carry: object  # the sampler's carry
+  kv: object  # KVCache [n_layers, R, L, Hkv, Dh] with a cache policy (R = B, or 2B under CFG), else ()
+  tokens_computed: jax.Array  # [B] int32, canvas positions the network recomputed for this row
+  block_iterations: jax.Array  # [num_blocks] int32, loop iterations spent in each block
+  probe: object  # divergence probe (engine-internal), () unless requested
 
 
 @flax.struct.dataclass
@@ -76,6 +80,8 @@ class Generation:
   gen_tokens: [B] generated tokens up to and including the first end-of-text (DESIGN.md §3).
   commit_step: [B, G] loop iteration at which each answer slot was committed (-1 if never).
   history: [T, B, G] answer tokens after each iteration (only with record=True).
+  tokens_computed: [B] canvas positions the network recomputed for the row, summed over its charged calls: L per
+    full forward, the window width per cached step (a CFG step counts both passes), prompt padding included.
   """
 
   tokens: jax.Array
@@ -85,6 +91,7 @@ class Generation:
   gen_tokens: jax.Array
   commit_step: jax.Array
   history: jax.Array | None = None
+  tokens_computed: jax.Array | None = None
   prompt_length: int = flax.struct.field(pytree_node=False, default=0)
 
   @property

@@ -148,9 +148,19 @@ def _check(cond: bool, message: str):
     raise CheckpointError(message)
 
 
-def config_from_hf(hf_cfg: Mapping[str, Any], *, dtype: str = "bfloat16", param_dtype: str | None = None
-                   ) -> ModelConfig:
-  """Translate a Hugging Face config.json (dict) into a ModelConfig, refusing features dlm does not implement."""
+def config_from_hf(hf_cfg: Mapping[str, Any], *, dtype: str = "bfloat16", param_dtype: str | None = None,
+                   max_len: int | None = None) -> ModelConfig:
+  """Translate a Hugging Face config.json (dict) into a ModelConfig, refusing features dlm does not implement.
+
+  max_len (the longest prompt + answer the engine accepts) is the config's own limit (LLaDA's
+  max_sequence_length, Dream's max_position_embeddings) unless `max_len` overrides it.  dlm's RoPE has no table
+  sized by it, so it is only a guard and costs nothing.  Dream's 131072 is inherited from Qwen2.5's config, not
+  Dream's training context (2048, the dream_7b preset): it is kept, so dlm rejects nothing the reference
+  implementation accepts and an export writes the original value back; pass max_len=2048 to refuse longer
+  canvases (quality beyond the trained length is not guaranteed).
+  """
+  if max_len is not None:
+    return config_from_hf(hf_cfg, dtype=dtype, param_dtype=param_dtype).replace(max_len=max_len)
   arch = detect_arch(hf_cfg)
   common = {"dtype": dtype, "param_dtype": param_dtype or dtype, "arch": arch}
   if arch == "llada":
@@ -373,17 +383,19 @@ def _sharding_for(path: str, shape, mesh, shardings: ShardingSpec):
 
 
 def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param_dtype: str | None = None,
-            mesh: jax.sharding.Mesh | None = None, shardings: ShardingSpec = None
+            mesh: jax.sharding.Mesh | None = None, shardings: ShardingSpec = None, max_len: int | None = None
             ) -> tuple[Transformer, HFTokenizer | None]:
   """Load a LLaDA or Dream Hugging Face folder (or cached hub id) as (network, tokenizer or None).
 
   dtype: compute dtype; param_dtype: storage dtype of the parameters (defaults to dtype).
+  max_len: override the config's length limit (see config_from_hf: Dream declares 131072 but was trained on
+  2048-token sequences).
   shardings: {parameter path: Sharding} (paths as `layers.0.attn.q_proj.kernel`) or a function
   (path, shape) -> Sharding | None; parameters without one are replicated over `mesh` when a mesh is given,
   else placed on the default device.
   """
   folder = resolve_model_path(path_or_hub_id)
-  cfg = config_from_hf(read_config(folder), dtype=dtype, param_dtype=param_dtype)
+  cfg = config_from_hf(read_config(folder), dtype=dtype, param_dtype=param_dtype, max_len=max_len)
   tensors = checkpoint_tensors(folder)
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)

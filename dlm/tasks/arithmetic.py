@@ -12,7 +12,15 @@ from dlm.tasks.base import Example, Task
 
 @dataclasses.dataclass(frozen=True)
 class Add(Task):
-  """Multi-digit addition: "4821+379=" -> "5200".  Operand lengths are drawn uniformly in [1, max_digits]."""
+  """Multi-digit addition in fixed width: "4821+0379=" -> "05200".
+
+  Operands are zero-padded to `max_digits` digits and the sum to `max_digits + 1`, so that digits of equal place
+  value sit at fixed offsets (DESIGN.md's example "4821+379=" -> "5200" written in fixed width).  A small
+  bidirectional model learns place alignment from positions this way; with variable widths it has to infer
+  the alignment from content, which our 4-layer bundled model did not learn in 1000 steps (score 3%).  Carries
+  still couple the digits right to left, which is what makes parallel unmasking fail here.  Operand lengths are
+  drawn uniformly in [1, max_digits] before padding.
+  """
 
   max_digits: int = 4
   name: str = "add"
@@ -29,11 +37,12 @@ class Add(Task):
 
   def sample(self, rng):
     a, b = self._operand(rng), self._operand(rng)
-    return Example(f"{a}+{b}=", str(a + b))
+    w = self.max_digits
+    return Example(f"{a:0{w}d}+{b:0{w}d}=", f"{a + b:0{w + 1}d}")
 
   def score_one(self, prompt, completion):
     a, b = prompt.rstrip("=").split("+")
-    return float(completion == str(int(a) + int(b)))
+    return float(completion == f"{int(a) + int(b):0{self.max_digits + 1}d}")
 
 
 @dataclasses.dataclass(frozen=True)

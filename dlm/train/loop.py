@@ -77,6 +77,36 @@ def _lr_schedule(cfg: TrainConfig):
   return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, cfg.steps, end_value=cfg.lr * 0.05)
 
 
+def make_model_and_optimizer(cfg: TrainConfig):
+  model = Transformer(cfg.model_config(), rngs=nnx.Rngs(cfg.seed))
+  tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                   optax.adamw(_lr_schedule(cfg), b1=0.9, b2=0.98, weight_decay=cfg.weight_decay))
+  return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def checkpoint_manager(out_dir) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      (Path(out_dir) / "ckpt").absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, save_interval_steps=1))
+
+
+def restore_latest(manager: ocp.CheckpointManager, model, optimizer, step: int | None = None) -> int:
+  """Restore model and optimizer in place from `step` (default: the latest); returns the step (0 if none).
+
+  Orbax writes each step to a temporary folder and renames it when complete, so an interrupted save is never
+  picked up as the latest step.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return 0
+  target = {"model": nnx.state(model), "opt": nnx.state(optimizer)}
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  nnx.update(model, restored["model"])
+  nnx.update(optimizer, restored["opt"])
+  return step
+
+
 def train(cfg: TrainConfig, out_dir, *, progress: bool = True, stop_after: int | None = None) -> Transformer:
   """Train, checkpointing to out_dir/ckpt and resuming from its latest step; writes out_dir/model at the end.
 
@@ -84,21 +114,9 @@ def train(cfg: TrainConfig, out_dir, *, progress: bool = True, stop_after: int |
   """
   out_dir = Path(out_dir)
   tasks = cfg.task_objects()
-  model = Transformer(cfg.model_config(), rngs=nnx.Rngs(cfg.seed))
-  tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                   optax.adamw(_lr_schedule(cfg), b1=0.9, b2=0.98, weight_decay=cfg.weight_decay))
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  manager = ocp.CheckpointManager(
-      (out_dir / "ckpt").absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, save_interval_steps=1))
-  start = 0
-  if manager.latest_step() is not None:
-    start = manager.latest_step()
-    target = {"model": nnx.state(model), "opt": nnx.state(optimizer)}
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = manager.restore(start, args=ocp.args.StandardRestore(abstract))
-    nnx.update(model, restored["model"])
-    nnx.update(optimizer, restored["opt"])
+  model, optimizer = make_model_and_optimizer(cfg)
+  manager = checkpoint_manager(out_dir)
+  start = restore_latest(manager, model, optimizer)
 
   weights = [w for _, w in tasks]
 

@@ -1,0 +1,141 @@
+"""The compare harness: a grid of samplers x tasks on one model, scored, timed and plotted.
+
+Metric definitions follow DESIGN.md §3: NFE per row, generated tokens up to and including the first end-of-text,
+TPF = generated tokens / NFE, TPS = generated tokens / wall seconds measured after a compile-and-warm-up call on
+the same shapes (compile time is reported apart), score with a 95% interval (normal approximation, half-width).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from dlm.engine import generate
+from dlm.samplers import make_sampler
+from dlm.tasks import get_task
+
+
+@dataclasses.dataclass(frozen=True)
+class GridEntry:
+  """One sampler setting; string values "G", "G/2", "G/4"... are resolved against the task's gen_length."""
+
+  sampler: str
+  settings: tuple = ()  # sorted (name, value) pairs, hashable
+
+  def resolve(self, gen_length: int) -> dict:
+    out = {}
+    for name, value in self.settings:
+      if isinstance(value, str) and value.startswith("G"):
+        divisor = int(value[2:]) if value.startswith("G/") else 1
+        value = max(gen_length // divisor, 1)
+      out[name] = value
+    return out
+
+
+def load_grid(path) -> list[GridEntry]:
+  """A YAML list of {sampler: name, <setting>: value, ...}."""
+  entries = yaml.safe_load(Path(path).read_text())
+  if not isinstance(entries, list):
+    raise ValueError(f"{path}: expected a YAML list of grid entries, got {type(entries).__name__}")
+  grid = []
+  for e in entries:
+    e = dict(e)
+    if "sampler" not in e:
+      raise ValueError(f"{path}: grid entry {e} has no 'sampler'")
+    name = e.pop("sampler")
+    grid.append(GridEntry(name, tuple(sorted(e.items()))))
+  return grid
+
+
+def ci95(scores: np.ndarray) -> float:
+  """Half-width of the normal-approximation 95% interval of the mean."""
+  if len(scores) < 2:
+    return float("nan")
+  return float(1.96 * scores.std(ddof=1) / math.sqrt(len(scores)))
+
+
+def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, block_length: int | None,
+            stop_at_eos: bool, model_name: str) -> dict:
+  gen_length = task.gen_length
+  settings = entry.resolve(gen_length)
+  sampler = make_sampler(entry.sampler, **settings)
+  block = gen_length if block_length is None else min(block_length, gen_length)
+  exs = task.examples(n, seed=seed)
+  prompts, valid, _ = task.encode(exs)
+  key = jax.random.key(seed)
+
+  def run(p, v, k):
+    out = generate(model, p, v, sampler=sampler, gen_length=gen_length, block_length=block, key=k,
+                   stop_at_eos=stop_at_eos)
+    return jax.block_until_ready(out)
+
+  t0 = time.perf_counter()
+  run(prompts[:batch], valid[:batch], key)  # compile + warm up on the timed shapes
+  compile_s = time.perf_counter() - t0
+  answers, nfe, gen_tokens, wall = [], [], [], 0.0
+  for i in range(0, n, batch):
+    p, v = prompts[i:i + batch], valid[i:i + batch]
+    rows = len(p)
+    if rows < batch:  # pad the last batch so no new program is compiled; padded rows are dropped
+      p = np.concatenate([p, np.repeat(p[-1:], batch - rows, 0)])
+      v = np.concatenate([v, np.repeat(v[-1:], batch - rows, 0)])
+    t0 = time.perf_counter()
+    out = run(p, v, jax.random.fold_in(key, i))
+    wall += time.perf_counter() - t0
+    answers.append(np.asarray(out.answers)[:rows])
+    nfe.append(np.asarray(out.nfe)[:rows])
+    gen_tokens.append(np.asarray(out.gen_tokens)[:rows])
+  answers, nfe, gen_tokens = np.concatenate(answers), np.concatenate(nfe), np.concatenate(gen_tokens)
+  scores = task.score(exs, answers)
+  return {
+      "sampler": entry.sampler, "family": sampler.family, "settings": sampler.settings(), "task": task.name,
+      "n": n, "score": float(scores.mean()), "score_ci95": ci95(scores), "nfe_mean": float(nfe.mean()),
+      "tpf": float(gen_tokens.sum() / max(nfe.sum(), 1)), "tps": float(gen_tokens.sum() / wall),
+      "wall_s": wall, "compile_s": compile_s, "gen_length": gen_length, "block_length": block, "batch": batch,
+      "stop_at_eos": stop_at_eos, "model": model_name, "device": str(jax.devices()[0].device_kind),
+      "reference_score": task.reference_score(exs),
+  }
+
+
+def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batch: int = 32, seed: int = 0,
+            block_length: int | None = None, stop_at_eos: bool = False, model_name: str = "bundled",
+            progress: bool = True) -> list[dict]:
+  jobs = [(get_task(t), e) for t in tasks for e in grid]
+  records = []
+  bar = tqdm(jobs, disable=not progress, desc="compare")
+  for task, entry in bar:
+    bar.set_postfix(task=task.name, sampler=entry.sampler)
+    try:
+      records.append(run_one(model, task, entry, n=n, batch=batch, seed=seed, block_length=block_length,
+                             stop_at_eos=stop_at_eos, model_name=model_name))
+    except ValueError as e:  # a setting that does not fit this task's canvas (e.g. steps vs blocks)
+      bar.write(f"skipped {entry.sampler} {dict(entry.settings)} on {task.name}: {e}")
+  return records
+
+
+def format_table(records: list[dict]) -> str:
+  head = f"{'task':<8} {'sampler':<16} {'settings':<34} {'score':>7} {'±95%':>6} {'NFE':>6} {'TPF':>5} {'TPS':>8}"
+  lines = [head, "-" * len(head)]
+  for r in records:
+    shown = {k: v for k, v in r["settings"].items() if k not in ("cfg_scale",) and v not in (None, False)}
+    text = ",".join(f"{k}={v}" for k, v in shown.items())[:34]
+    lines.append(f"{r['task']:<8} {r['sampler']:<16} {text:<34} {r['score']:>7.3f} {r['score_ci95']:>6.3f} "
+                 f"{r['nfe_mean']:>6.1f} {r['tpf']:>5.2f} {r['tps']:>8.1f}")
+  return "\n".join(lines)
+
+
+def write_results(records: list[dict], out_dir) -> None:
+  from dlm.eval.plots import frontier_plot
+  from dlm.io.params import atomic_write
+
+  out_dir = Path(out_dir)
+  atomic_write(out_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(records, indent=1)))
+  frontier_plot(records, out_dir / "frontier.png")
