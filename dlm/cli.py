@@ -49,7 +49,8 @@ def cmd_compare(args):
     grid = [GridEntry(args.sampler, tuple(sorted(_settings(args.set).items())))]
   model, name = _load_model(args.model, args.dtype)
   records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
-                    block_length=args.block_length, stop_at_eos=args.stop_at_eos, model_name=name)
+                    block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
+                    model_name=name)
   print(format_table(records))
   if args.out:
     write_results(records, args.out)
@@ -103,12 +104,14 @@ def cmd_sample(args):
 
 
 def cmd_bench(args):
+  import jax
   import numpy as np
   from dlm.eval.bench import bench
   from dlm.samplers import make_sampler
   model, name = _load_model(args.model, args.dtype)
   settings = _settings(args.set)
-  settings.setdefault("steps", args.gen_length) if args.sampler in ("low_confidence", "random", "ancestral") else None
+  if args.sampler in ("low_confidence", "random", "ancestral", "dream"):
+    settings.setdefault("steps", args.gen_length)  # one token per step unless told otherwise
   sampler = make_sampler(args.sampler, **settings)
   rng = np.random.default_rng(args.seed)
   vocab = model.cfg.vocab_size
@@ -116,9 +119,17 @@ def cmd_bench(args):
   prompts[prompts == model.cfg.mask_id] = 3
   valid = np.ones_like(prompts, bool)
   result = bench(model, prompts, valid, sampler=sampler, gen_length=args.gen_length, block_length=args.block_length,
-                 cache=args.cache, repeats=args.repeats)
+                 cache=args.cache, window=args.window, repeats=args.repeats)
   result.update(model=name, sampler=args.sampler, settings=sampler.settings(), batch=args.batch,
-                gen_length=args.gen_length, block_length=args.block_length, cache=args.cache)
+                gen_length=args.gen_length, block_length=args.block_length, cache=args.cache,
+                window=args.window if args.cache == "window" else None, device=str(jax.devices()[0].device_kind),
+                command="dlm " + " ".join(sys.argv[1:]))
+  if args.cache != "none":
+    from dlm.engine.divergence import divergence_report
+    report = divergence_report(model, prompts, valid, sampler=sampler, gen_length=args.gen_length,
+                               block_length=args.block_length, cache=args.cache, window=args.window)
+    report.pop("row_max_logit_diff", None)
+    result["divergence"] = report
   print(json.dumps(result, indent=1, default=str))
 
 
@@ -147,6 +158,7 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--block-length", type=int, default=None)
   p.add_argument("--stop-at-eos", action="store_true")
+  p.add_argument("--cache", default="none", help="none | prefix | dual | window")
   p.add_argument("--out", default=None, help="folder for results.json and frontier.png")
   p.set_defaults(fn=cmd_compare)
 
@@ -171,7 +183,8 @@ def main(argv=None):
   p.add_argument("--prompt-length", type=int, default=16)
   p.add_argument("--gen-length", type=int, default=128)
   p.add_argument("--block-length", type=int, default=32)
-  p.add_argument("--cache", default="none")
+  p.add_argument("--cache", default="none", help="none | prefix | dual | window")
+  p.add_argument("--window", type=int, default=16, help="tokens recomputed on each side of the block (cache window)")
   p.add_argument("--repeats", type=int, default=3)
   p.set_defaults(fn=cmd_bench)
 

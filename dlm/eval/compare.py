@@ -63,7 +63,7 @@ def ci95(scores: np.ndarray) -> float:
 
 
 def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, block_length: int | None,
-            stop_at_eos: bool, model_name: str) -> dict:
+            stop_at_eos: bool, model_name: str, cache: str = "none") -> dict:
   gen_length = task.gen_length
   settings = entry.resolve(gen_length)
   sampler = make_sampler(entry.sampler, **settings)
@@ -74,7 +74,7 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
 
   def run(p, v, k):
     out = generate(model, p, v, sampler=sampler, gen_length=gen_length, block_length=block, key=k,
-                   stop_at_eos=stop_at_eos)
+                   stop_at_eos=stop_at_eos, cache=cache)
     return jax.block_until_ready(out)
 
   t0 = time.perf_counter()
@@ -100,14 +100,15 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
       "n": n, "score": float(scores.mean()), "score_ci95": ci95(scores), "nfe_mean": float(nfe.mean()),
       "tpf": float(gen_tokens.sum() / max(nfe.sum(), 1)), "tps": float(gen_tokens.sum() / wall),
       "wall_s": wall, "compile_s": compile_s, "gen_length": gen_length, "block_length": block, "batch": batch,
-      "stop_at_eos": stop_at_eos, "model": model_name, "device": str(jax.devices()[0].device_kind),
+      "stop_at_eos": stop_at_eos, "cache": cache, "model": model_name,
+      "device": str(jax.devices()[0].device_kind),
       "reference_score": task.reference_score(exs),
   }
 
 
 def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batch: int = 32, seed: int = 0,
-            block_length: int | None = None, stop_at_eos: bool = False, model_name: str = "bundled",
-            progress: bool = True) -> list[dict]:
+            block_length: int | None = None, stop_at_eos: bool = False, cache: str = "none",
+            model_name: str = "bundled", progress: bool = True) -> list[dict]:
   jobs = [(get_task(t), e) for t in tasks for e in grid]
   records = []
   bar = tqdm(jobs, disable=not progress, desc="compare")
@@ -115,7 +116,7 @@ def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batc
     bar.set_postfix(task=task.name, sampler=entry.sampler)
     try:
       records.append(run_one(model, task, entry, n=n, batch=batch, seed=seed, block_length=block_length,
-                             stop_at_eos=stop_at_eos, model_name=model_name))
+                             stop_at_eos=stop_at_eos, model_name=model_name, cache=cache))
     except ValueError as e:  # a setting that does not fit this task's canvas (e.g. steps vs blocks)
       bar.write(f"skipped {entry.sampler} {dict(entry.settings)} on {task.name}: {e}")
   return records
