@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import Sampler, gumbel_argmax
+from dlm.samplers.base import FixedStepsSampler, gumbel_argmax
 from dlm.schedules import LogLinear, Schedule, get_schedule
 
 
 @dataclasses.dataclass(frozen=True)
-class Ancestral(Sampler):
+class Ancestral(FixedStepsSampler):
   steps: int = 64
   schedule: Schedule = LogLinear()  # or a name: 'loglinear', 'linear', 'cosine', 'polynomial'
   temperature: float = 1.0
@@ -47,15 +47,6 @@ class Ancestral(Sampler):
   @property
   def family(self):
     return f"ancestral_{self.schedule.name}"
-
-  def validate(self, gen_length, block_length):
-    num_blocks = gen_length // block_length
-    if self.steps < num_blocks or self.steps % num_blocks:
-      raise ValueError(f"{self.steps=} must be a positive multiple of the number of blocks "
-                       f"(gen_length/block_length = {gen_length}/{block_length} = {num_blocks})")
-
-  def max_nfe(self, gen_length, block_length):
-    return self.steps
 
   def unmask_probability(self, step, steps_per_block):
     t = 1.0 - step.astype(jnp.float32) / steps_per_block

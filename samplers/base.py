@@ -51,6 +51,24 @@ class Sampler(abc.ABC):
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+class FixedStepsSampler(Sampler):
+  """A sampler with a fixed `steps` budget split evenly over the blocks (LLaDA, MDLM/MD4, Dream).
+
+  Subclasses are dataclasses with a `steps: int` field.
+  """
+
+  steps: int
+
+  def validate(self, gen_length, block_length):
+    num_blocks = gen_length // block_length
+    if self.steps < num_blocks or self.steps % num_blocks:
+      raise ValueError(f"{self.steps=} must be a positive multiple of the number of blocks "
+                       f"(gen_length/block_length = {gen_length}/{block_length} = {num_blocks})")
+
+  def max_nfe(self, gen_length, block_length):
+    return self.steps
+
+
 def exponential_hires(key: jax.Array, shape) -> jax.Array:
   """Exp(1) draws E = -log(U) whose small values (the upper Gumbel tail, -log E) are not truncated.
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import Sampler, exponential_hires, gumbel_argmax, topk_per_row
+from dlm.samplers.base import FixedStepsSampler, exponential_hires, gumbel_argmax, topk_per_row
 from dlm.schedules import dream_count, uniform_grid
 
 
@@ -81,7 +81,7 @@ ALGS = ("origin", *CONFIDENCES)
 
 
 @dataclasses.dataclass(frozen=True)
-class DreamSampler(Sampler):
+class DreamSampler(FixedStepsSampler):
   """Dream's `diffusion_generate` rules, per block.
 
   steps: denoising steps for the whole answer (split evenly over the blocks).
@@ -121,15 +121,6 @@ class DreamSampler(Sampler):
   @property
   def family(self):
     return f"dream_{self.alg}"
-
-  def validate(self, gen_length, block_length):
-    num_blocks = gen_length // block_length
-    if self.steps < num_blocks or self.steps % num_blocks:
-      raise ValueError(f"{self.steps=} must be a positive multiple of the number of blocks "
-                       f"(gen_length/block_length = {gen_length}/{block_length} = {num_blocks})")
-
-  def max_nfe(self, gen_length, block_length):
-    return self.steps  # the last step of each block commits everything left
 
   def step(self, view: View, block: BlockState, carry, key):
     k_tok, k_order, k_reveal = jax.random.split(key, 3)

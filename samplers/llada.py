@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import Sampler, gumbel_argmax, probability_of, topk_per_row
+from dlm.samplers.base import FixedStepsSampler, gumbel_argmax, probability_of, topk_per_row
 
 
 def even_split_count(entry_masked: jax.Array, step: jax.Array, steps_per_block: int) -> jax.Array:
@@ -24,7 +24,7 @@ def even_split_count(entry_masked: jax.Array, step: jax.Array, steps_per_block: 
 
 
 @dataclasses.dataclass(frozen=True)
-class _LLaDABase(Sampler):
+class _LLaDABase(FixedStepsSampler):
   steps: int = 64
   temperature: float = 0.0
   cfg_scale: float = 0.0
@@ -40,15 +40,9 @@ class _LLaDABase(Sampler):
       raise ValueError(f"{self.cfg_scale=} must be >= 0")
 
   def validate(self, gen_length, block_length):
-    num_blocks = gen_length // block_length
-    if self.steps < num_blocks or self.steps % num_blocks:
-      raise ValueError(f"{self.steps=} must be a positive multiple of the number of blocks "
-                       f"(gen_length/block_length = {gen_length}/{block_length} = {num_blocks})")
+    super().validate(gen_length, block_length)
     if self.steps > gen_length:
       raise ValueError(f"{self.steps=} exceeds {gen_length=}: steps beyond one token per step would commit nothing")
-
-  def max_nfe(self, gen_length, block_length):
-    return self.steps
 
   def _score(self, logits, x0, key):
     raise NotImplementedError

@@ -15,23 +15,11 @@ from dlm.engine import generate
 from dlm.engine.cache import block_slots, full_forward, plan_cache, window_forward
 from dlm.engine.divergence import divergence_report
 from dlm.eval.bench import bench
-from dlm.model.config import tiny_dream, tiny_llada
-from dlm.model.transformer import init_model, positions_from_valid
+from dlm.model.transformer import positions_from_valid
 from dlm.samplers import Ancestral, LowConfidence
 
-PROMPTS = np.array([[0, 0, 5, 6, 7, 8], [3, 4, 5, 6, 7, 9], [0, 0, 0, 0, 11, 12]], np.int32)
-VALID = PROMPTS != 0
+from tests.conftest import PROMPTS, VALID
 P = PROMPTS.shape[1]
-
-
-@pytest.fixture(scope="module")
-def model():
-  return init_model(tiny_llada(), seed=3)
-
-
-@pytest.fixture(scope="module")
-def dream_model():
-  return init_model(tiny_dream(), seed=4)
 
 
 def _run(model, sampler, gen_length, block_length, cache, **kw):

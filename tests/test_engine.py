@@ -10,23 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlm.engine import generate
-from dlm.model.config import tiny_dream, tiny_llada
-from dlm.model.transformer import init_model
 from dlm.samplers import Ancestral, LowConfidence, RandomRemasking, make_sampler
+from tests.conftest import PROMPTS, VALID
 from tests.reference_loops import llada_reference
-
-PROMPTS = np.array([[0, 0, 5, 6, 7, 8], [3, 4, 5, 6, 7, 9], [0, 0, 0, 0, 11, 12]], np.int32)
-VALID = PROMPTS != 0
-
-
-@pytest.fixture(scope="module")
-def model():
-  return init_model(tiny_llada(), seed=3)
-
-
-@pytest.fixture(scope="module")
-def dream_model():
-  return init_model(tiny_dream(), seed=4)
 
 
 @pytest.mark.parametrize("sampler", [

@@ -24,6 +24,7 @@ from dlm.samplers.dinfer import run_best
 from dlm.samplers.dream import (entropy_confidence, filter_logits, maskgit_plus_confidence,
                                 topk_margin_confidence)
 from dlm.schedules import dream_count_np, dream_counts_np, group_index, num_rounds, uniform_grid_np
+from tests.conftest import PROMPTS, VALID
 
 # ---------------------------------------------------------------------------------------------------------------
 # hand-built blocks
@@ -300,14 +301,7 @@ def test_hierarchy_rule_by_hand():
 # ---------------------------------------------------------------------------------------------------------------
 # through the engine
 
-PROMPTS = np.array([[0, 0, 5, 6, 7, 8], [3, 4, 5, 6, 7, 9], [0, 0, 0, 0, 11, 12]], np.int32)
-VALID = PROMPTS != 0
 GEN, BLOCK = 16, 8
-
-
-@pytest.fixture(scope="module")
-def model():
-  return init_model(tiny_llada(), seed=3)
 
 
 @pytest.fixture(scope="module")

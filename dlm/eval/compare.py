@@ -19,7 +19,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from dlm.engine import generate
-from dlm.samplers import make_sampler
+from dlm.samplers import SAMPLERS, make_sampler
 from dlm.tasks import get_task
 
 
@@ -66,6 +66,10 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
             stop_at_eos: bool, model_name: str, cache: str = "none") -> dict:
   gen_length = task.gen_length
   settings = entry.resolve(gen_length)
+  fields = {f.name for f in dataclasses.fields(SAMPLERS[entry.sampler])} if entry.sampler in SAMPLERS else set()
+  for name, value in task.sampler_defaults.items():
+    if name in fields:
+      settings.setdefault(name, value)
   sampler = make_sampler(entry.sampler, **settings)
   block = gen_length if block_length is None else min(block_length, gen_length)
   exs = task.examples(n, seed=seed)

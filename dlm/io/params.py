@@ -33,6 +33,9 @@ def atomic_write(path: Path, write_fn) -> None:
   os.close(fd)
   try:
     write_fn(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

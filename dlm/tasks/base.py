@@ -41,6 +41,11 @@ class Task(abc.ABC):
   def conditional(self) -> bool:
     return True
 
+  @property
+  def sampler_defaults(self) -> dict:
+    """Sampler settings the compare harness uses for this task unless a grid entry sets them."""
+    return {}
+
   def examples(self, n: int, seed: int) -> list[Example]:
     rng = np.random.default_rng(seed)
     return [self.sample(rng) for _ in range(n)]

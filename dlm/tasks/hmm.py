@@ -56,6 +56,12 @@ class HMM(Task):
   def conditional(self) -> bool:
     return False
 
+  @property
+  def sampler_defaults(self) -> dict:
+    # The score measures distance to the joint distribution, so samplers must sample: greedy decoding of an
+    # unconditional prompt returns one sequence n times.
+    return {"temperature": 1.0}
+
   def sample(self, rng):
     init, trans, emit = hmm_params(self.seed)
     z = rng.choice(len(init), p=init)
