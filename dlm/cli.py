@@ -150,7 +150,7 @@ def main(argv=None):
 
   p = sub.add_parser("compare", help="run a grid of samplers on the built-in tasks")
   common(p)
-  p.add_argument("--tasks", nargs="+", default=["add", "sudoku4", "reverse", "hmm"])
+  p.add_argument("--tasks", nargs="+", default=["add", "sudoku4", "sudoku4_hard", "reverse", "hmm"])
   p.add_argument("--grid", default=None, help="YAML grid (default: configs/compare_default.yaml)")
   p.add_argument("--sampler", default=None, help="run this one sampler instead of the grid")
   p.add_argument("--set", nargs="*", default=None, help="sampler settings NAME=VALUE with --sampler")

@@ -127,13 +127,17 @@ def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batc
 
 
 def format_table(records: list[dict]) -> str:
-  head = f"{'task':<8} {'sampler':<16} {'settings':<34} {'score':>7} {'±95%':>6} {'NFE':>6} {'TPF':>5} {'TPS':>8}"
+  head = f"{'task':<12} {'sampler':<16} {'settings':<34} {'score':>7} {'±95%':>6} {'NFE':>6} {'TPF':>5} {'TPS':>8}"
   lines = [head, "-" * len(head)]
   for r in records:
     shown = {k: v for k, v in r["settings"].items() if k not in ("cfg_scale",) and v not in (None, False)}
     text = ",".join(f"{k}={v}" for k, v in shown.items())[:34]
-    lines.append(f"{r['task']:<8} {r['sampler']:<16} {text:<34} {r['score']:>7.3f} {r['score_ci95']:>6.3f} "
+    lines.append(f"{r['task']:<12} {r['sampler']:<16} {text:<34} {r['score']:>7.3f} {r['score_ci95']:>6.3f} "
                  f"{r['nfe_mean']:>6.1f} {r['tpf']:>5.2f} {r['tps']:>8.1f}")
+  for task in dict.fromkeys(r["task"] for r in records):
+    ref = next(r["reference_score"] for r in records if r["task"] == task)
+    if ref != 1.0:
+      lines.append(f"{task}: the reference data scores {ref:.3f} on the same examples")
   return "\n".join(lines)
 
 

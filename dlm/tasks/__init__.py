@@ -6,7 +6,14 @@ from dlm.tasks.hmm import HMM
 from dlm.tasks.sudoku import Sudoku4
 from dlm.tasks.tokenizer import CharTokenizer
 
-TASKS: dict[str, Task] = {"add": Add(), "sudoku4": Sudoku4(), "reverse": Reverse(), "hmm": HMM()}
+TASKS: dict[str, Task] = {
+    "add": Add(),
+    "sudoku4": Sudoku4(),
+    "reverse": Reverse(),
+    "hmm": HMM(),
+    # 10 blanks: more cells are coupled only through other blanks, where independent parallel commits clash.
+    "sudoku4_hard": Sudoku4(min_blanks=10, max_blanks=10, name="sudoku4_hard"),
+}
 
 
 def get_task(name: str) -> Task:

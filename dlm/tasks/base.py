@@ -25,7 +25,7 @@ class Task(abc.ABC):
   followed by <eos> up to the end (LLaDA's SFT convention: padding with EOS, and the padding is learned).
   """
 
-  name: str
+  name: str  # registry name
   gen_length: int  # answer slots used in training and, by default, in generation
   max_prompt_len: int  # tag included
 
@@ -50,8 +50,13 @@ class Task(abc.ABC):
     rng = np.random.default_rng(seed)
     return [self.sample(rng) for _ in range(n)]
 
+  @property
+  def tag(self) -> str:
+    """The task-tag token's name (variants of one task share the tag)."""
+    return self.name
+
   def prompt_ids(self, ex: Example) -> list[int]:
-    return [TOKENIZER.tag_id(self.name)] + TOKENIZER.encode(ex.prompt)
+    return [TOKENIZER.tag_id(self.tag)] + TOKENIZER.encode(ex.prompt)
 
   def answer_ids(self, ex: Example) -> list[int]:
     ids = TOKENIZER.encode(ex.answer)

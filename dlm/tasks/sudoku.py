@@ -41,6 +41,10 @@ class Sudoku4(Task):
   gen_length: int = 16
   max_prompt_len: int = 18
 
+  @property
+  def tag(self) -> str:
+    return "sudoku4"
+
   def __post_init__(self):
     if not 0 <= self.min_blanks <= self.max_blanks <= 16:
       raise ValueError(f"need 0 <= {self.min_blanks=} <= {self.max_blanks=} <= 16")
