@@ -9,4 +9,10 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q --upgrade pip
 fi
 # torch (CPU) and transformers are test-only: the parity tests run dlm against transformers' reference models.
-.venv/bin/python -m pip install -q -e '.[dev,torch]'
+# These machines carry a local CPU wheel of torch 2.13.0 for Python 3.11 only; elsewhere pip would fetch a
+# multi-GB CUDA build, so other Pythons skip the extra (the parity tests then skip themselves).
+EXTRAS=dev
+if .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || [ "${DLM_WITH_TORCH:-0}" = 1 ]; then
+  EXTRAS=dev,torch
+fi
+.venv/bin/python -m pip install -q -e ".[$EXTRAS]"
