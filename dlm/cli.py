@@ -16,15 +16,18 @@ def _parse_value(text: str):
   return yaml.safe_load(text)
 
 
-def _load_model(path: str | None, dtype: str | None):
+def _load_model(path: str | None, dtype: str | None, *, with_tokenizer: bool = False):
+  """-> (model, name) or, with_tokenizer, (model, name, HF tokenizer or None for the character tokenizer)."""
   from dlm.io.params import load_model
   if path is None:
     if not (BUNDLED / "params.safetensors").is_file():
       raise SystemExit(f"the bundled model is missing from {BUNDLED}; train it with `dlm train` or pass --model")
-    return load_model(BUNDLED, dtype=dtype), "bundled"
-  import dlm
-  model = dlm.load(path, **({} if dtype is None else {"dtype": dtype}))
-  return (model[0] if isinstance(model, tuple) else model), path
+    model, name, tokenizer = load_model(BUNDLED, dtype=dtype), "bundled", None
+  else:
+    import dlm
+    model, tokenizer = dlm.load(path, **({} if dtype is None else {"dtype": dtype}))
+    name = path
+  return (model, name, tokenizer) if with_tokenizer else (model, name)
 
 
 def cmd_train(args):
@@ -73,12 +76,15 @@ def cmd_sample(args):
   from dlm.engine import generate
   from dlm.samplers import make_sampler
   from dlm.tasks import TOKENIZER, get_task
-  model, _ = _load_model(args.model, args.dtype)
+  model, _, hf_tokenizer = _load_model(args.model, args.dtype, with_tokenizer=True)
   settings = _settings(args.set)
   if args.steps is not None:
     settings["steps"] = args.steps
   sampler = make_sampler(args.sampler, **settings)
+  task = None
   if args.task:
+    if hf_tokenizer is not None:
+      raise SystemExit("--task needs the character-level task model (the bundled one), not a Hugging Face model")
     task = get_task(args.task)
     exs = task.examples(args.n, seed=args.seed)
     prompts, valid, _ = task.encode(exs)
@@ -86,17 +92,26 @@ def cmd_sample(args):
     texts = [e.prompt for e in exs]
   else:
     if args.prompt is None:
-      raise SystemExit("give --prompt TEXT (e.g. '<add>12+34=') or --task NAME")
-    ids = TOKENIZER.encode(args.prompt)
+      raise SystemExit("give --prompt TEXT (e.g. '<add>0012+0034=') or --task NAME")
+    if hf_tokenizer is None:
+      ids = TOKENIZER.encode(args.prompt)
+    elif args.chat:
+      ids = hf_tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
+    else:
+      ids = hf_tokenizer.encode(args.prompt)
     prompts, valid = np.asarray([ids], np.int32), np.ones((1, len(ids)), bool)
     gen_length = args.gen_length or 16
     texts = [args.prompt]
-    task = None
   block = args.block_length or gen_length
   out = generate(model, prompts, valid, sampler=sampler, gen_length=gen_length, block_length=block,
                  key=jax.random.key(args.seed), stop_at_eos=args.stop_at_eos)
   for i, text in enumerate(texts):
-    completion = TOKENIZER.decode(np.asarray(out.answers[i]))
+    answer = np.asarray(out.answers[i])
+    if hf_tokenizer is None:
+      completion = TOKENIZER.decode(answer)
+    else:
+      end = int(out.gen_tokens[i])
+      completion = hf_tokenizer.decode(answer[:end], skip_special_tokens=True)
     line = f"{text:<24} -> {completion:<20} nfe={int(out.nfe[i])}"
     if task is not None:
       line += f" score={task.score_one(exs[i].prompt, completion):.3f}"
@@ -165,6 +180,7 @@ def main(argv=None):
   p = sub.add_parser("sample", help="print completions for a prompt or a task")
   common(p)
   p.add_argument("--prompt", default=None)
+  p.add_argument("--chat", action="store_true", help="wrap --prompt in the tokenizer's chat template")
   p.add_argument("--task", default=None)
   p.add_argument("--n", type=int, default=4)
   p.add_argument("--sampler", default="low_confidence")
