@@ -69,3 +69,29 @@ def llada_reference(model, prompts, valid, *, steps, gen_length, block_length, t
         chosen = chosen[mask[row, chosen]]
         x[row, s + chosen] = x0[row, chosen]
   return x
+
+
+def ancestral_reference(model, prompts, valid, *, steps, gen_length, temperature, key):
+  """MDLM/MD4 ancestral sampling over one block with the loglinear schedule, written from the notes:
+  a masked slot is revealed with probability (alpha_s - alpha_t) / (1 - alpha_t) = 1 - s/t (all at the last
+  step) and takes a token drawn from the model's prediction (mask id excluded)."""
+  fwd = make_forward(model)
+  m_id = model.cfg.mask_id
+  b, p = prompts.shape
+  x = np.concatenate([np.asarray(prompts), np.full((b, gen_length), m_id)], 1).astype(np.int32)
+  full_valid = np.concatenate([np.asarray(valid), np.ones((b, gen_length), bool)], 1)
+  for i in range(steps):
+    if not (x[:, p:] == m_id).any():
+      break
+    key, k_step = jax.random.split(key)
+    k_tok, k_reveal = jax.random.split(k_step)
+    logits = fwd(x, full_valid)[:, p:]
+    logits[..., m_id] = -np.inf
+    noise = np.asarray(exponential_hires(k_tok, logits.shape), np.float64)
+    x0 = (logits - temperature * np.log(noise)).argmax(-1)
+    t, s = 1 - i / steps, 1 - (i + 1) / steps
+    prob = 1.0 if i == steps - 1 else (t - s) / t
+    reveal = np.asarray(jax.random.uniform(k_reveal, x0.shape)) < prob
+    masked = x[:, p:] == m_id
+    x[:, p:] = np.where(reveal & masked, x0, x[:, p:])
+  return x

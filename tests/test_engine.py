@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from dlm.engine import generate
 from dlm.samplers import Ancestral, LowConfidence, RandomRemasking, make_sampler
 from tests.conftest import PROMPTS, VALID
-from tests.reference_loops import llada_reference
+from tests.reference_loops import ancestral_reference, llada_reference
 
 
 @pytest.mark.parametrize("sampler", [
@@ -70,6 +70,15 @@ def test_invariants(model, seed, temperature, budget, prompt):
   again = generate(model, prompts, valid, sampler=sampler, gen_length=8, block_length=4, max_nfe=budget,
                    key=jax.random.key(seed), record=True)
   np.testing.assert_array_equal(np.asarray(again.tokens), tokens)  # same seed -> same output
+
+
+def test_ancestral_matches_python_reference(model):
+  key = jax.random.key(5)
+  sampler = Ancestral(steps=6, temperature=1.0, cache_predictions=False)
+  out = generate(model, PROMPTS, VALID, sampler=sampler, gen_length=8, key=key)
+  ref = ancestral_reference(model, PROMPTS, VALID, steps=6, gen_length=8, temperature=1.0, key=key)
+  np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+  assert bool(out.finished.all())
 
 
 def test_ancestral_caching_skips_unchanged_steps(model):
