@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import FixedStepsSampler, gumbel_argmax
+from dlm.samplers.base import FixedStepsSampler, check_number, check_positive_int, gumbel_argmax
 from dlm.schedules import LogLinear, Schedule, get_schedule
 
 
@@ -35,10 +35,8 @@ class Ancestral(FixedStepsSampler):
       object.__setattr__(self, "schedule", get_schedule(self.schedule))
     if not isinstance(self.schedule, Schedule):
       raise ValueError(f"{self.schedule=} must be a dlm.schedules.Schedule or a schedule name")
-    if not isinstance(self.steps, int) or self.steps <= 0:
-      raise ValueError(f"{self.steps=} must be a positive int")
-    if self.temperature < 0:
-      raise ValueError(f"{self.temperature=} must be >= 0")
+    check_positive_int("steps", self.steps)
+    check_number("temperature", self.temperature, 0)
 
   @property
   def reuse_unchanged(self):

@@ -51,6 +51,27 @@ class Sampler(abc.ABC):
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+def check_number(name: str, value, lo: float, hi: float | None = None, open_lo: bool = False) -> None:
+  """Raise ValueError unless value is a real number (not a bool) in [lo, hi] (or (lo, hi] with open_lo)."""
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  ok = ok and (value > lo if open_lo else value >= lo) and (hi is None or value <= hi)
+  if not ok:
+    bounds = f"{'>' if open_lo else '>='} {lo}" + ("" if hi is None else f" and <= {hi}")
+    raise ValueError(f"{name}={value!r} must be a number {bounds}")
+
+
+def check_positive_int(name: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ValueError(f"{name}={value!r} must be a positive int")
+
+
+class AdaptiveSampler(Sampler):
+  """A sampler that commits >= 1 slot per step until the block is full (threshold-style rules)."""
+
+  def max_nfe(self, gen_length, block_length):
+    return gen_length  # >= 1 commit per step, so each block of Bk slots takes <= Bk steps
+
+
 class FixedStepsSampler(Sampler):
   """A sampler with a fixed `steps` budget split evenly over the blocks (LLaDA, MDLM/MD4, Dream).
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import Sampler, gumbel_argmax, probability_of
+from dlm.samplers.base import Sampler, check_number, gumbel_argmax, probability_of
 from dlm.schedules import group_index, num_rounds
 
 
@@ -44,8 +44,7 @@ class Dilated(Sampler):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive int")
-    if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-      raise ValueError(f"{self.temperature=} must be a number >= 0")
+    check_number("temperature", self.temperature, 0)
     if self.skip_threshold is not None and not 0 <= self.skip_threshold <= 1:
       raise ValueError(f"{self.skip_threshold=} must be None or in [0, 1]")
     if not isinstance(self.merge_last_level, bool):

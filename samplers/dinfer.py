@@ -37,16 +37,8 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import Sampler, gumbel_argmax, probability_of
+from dlm.samplers.base import AdaptiveSampler, check_number, gumbel_argmax, probability_of
 from dlm.samplers.threshold import threshold_commit, top1_per_row
-
-
-def _check_number(name, value, lo, hi=None, open_lo=False):
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  ok = ok and (value > lo if open_lo else value >= lo) and (hi is None or value <= hi)
-  if not ok:
-    bounds = f"{'>' if open_lo else '>='} {lo}" + ("" if hi is None else f" and <= {hi}")
-    raise ValueError(f"{name}={value!r} must be a number {bounds}")
 
 
 def credit_boost(logits: jax.Array, ids: jax.Array, credit: jax.Array, alpha: float) -> jax.Array:
@@ -63,7 +55,7 @@ def credit_boost(logits: jax.Array, ids: jax.Array, credit: jax.Array, alpha: fl
 
 
 @dataclasses.dataclass(frozen=True)
-class Credit(Sampler):
+class Credit(AdaptiveSampler):
   """dInfer credit decoding: threshold decoding on logits boosted for tokens that stay top-1 (defaults: dInfer's)."""
 
   tau: float = 0.9
@@ -73,18 +65,15 @@ class Credit(Sampler):
   temperature: float = 0.0
 
   def __post_init__(self):
-    _check_number("tau", self.tau, 0, open_lo=True)
-    _check_number("alpha", self.alpha, 0)
-    _check_number("gamma", self.gamma, 0)
-    _check_number("beta", self.beta, 0, 1)
-    _check_number("temperature", self.temperature, 0)
+    check_number("tau", self.tau, 0, open_lo=True)
+    check_number("alpha", self.alpha, 0)
+    check_number("gamma", self.gamma, 0)
+    check_number("beta", self.beta, 0, 1)
+    check_number("temperature", self.temperature, 0)
 
   @property
   def family(self):
     return "credit"
-
-  def max_nfe(self, gen_length, block_length):
-    return gen_length
 
   def init(self, batch, block_length):
     shape = (batch, block_length, block_length)  # [B, Bk slots, Bk entries]
@@ -133,7 +122,7 @@ def run_best(conf: jax.Array, masked: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Hierarchy(Sampler):
+class Hierarchy(AdaptiveSampler):
   """dInfer hierarchy decoding: per contiguous masked run its best slot if conf > low_threshold, plus any slot
   with conf > tau (None: none), plus the global top-1.  Defaults: dInfer's class (its serving default is 0.6)."""
 
@@ -142,19 +131,16 @@ class Hierarchy(Sampler):
   temperature: float = 0.0
 
   def __post_init__(self):
-    _check_number("low_threshold", self.low_threshold, 0)
+    check_number("low_threshold", self.low_threshold, 0)
     if self.tau is not None:
-      _check_number("tau", self.tau, 0, open_lo=True)
+      check_number("tau", self.tau, 0, open_lo=True)
       if self.tau < self.low_threshold:
         raise ValueError(f"{self.tau=} must be >= {self.low_threshold=}")
-    _check_number("temperature", self.temperature, 0)
+    check_number("temperature", self.temperature, 0)
 
   @property
   def family(self):
     return "hierarchy"
-
-  def max_nfe(self, gen_length, block_length):
-    return gen_length
 
   def step(self, view: View, block: BlockState, carry, key):
     k_sample, _ = jax.random.split(key)

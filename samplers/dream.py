@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import FixedStepsSampler, exponential_hires, gumbel_argmax, topk_per_row
+from dlm.samplers.base import (FixedStepsSampler, check_number, check_positive_int, exponential_hires, gumbel_argmax,
+                               topk_per_row)
 from dlm.schedules import dream_count, uniform_grid
 
 
@@ -102,12 +103,10 @@ class DreamSampler(FixedStepsSampler):
   eps: float = 1e-3
 
   def __post_init__(self):
-    if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps <= 0:
-      raise ValueError(f"{self.steps=} must be a positive int")
+    check_positive_int("steps", self.steps)
     if self.alg not in ALGS:
       raise ValueError(f"{self.alg=}; expected one of {ALGS}")
-    if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-      raise ValueError(f"{self.temperature=} must be a number >= 0")
+    check_number("temperature", self.temperature, 0)
     if self.top_p is not None and not 0 < self.top_p <= 1:
       raise ValueError(f"{self.top_p=} must be None or in (0, 1]")
     if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)

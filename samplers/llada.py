@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import FixedStepsSampler, gumbel_argmax, probability_of, topk_per_row
+from dlm.samplers.base import (FixedStepsSampler, check_number, check_positive_int, gumbel_argmax, probability_of,
+                               topk_per_row)
 
 
 def even_split_count(entry_masked: jax.Array, step: jax.Array, steps_per_block: int) -> jax.Array:
@@ -32,10 +33,8 @@ class _LLaDABase(FixedStepsSampler):
   confidence_eos_eot_inf: bool = False  # commit end-of-text tokens last (the intent of LLaDA PR #139)
 
   def __post_init__(self):
-    if not isinstance(self.steps, int) or self.steps <= 0:
-      raise ValueError(f"{self.steps=} must be a positive int")
-    if self.temperature < 0:
-      raise ValueError(f"{self.temperature=} must be >= 0")
+    check_positive_int("steps", self.steps)
+    check_number("temperature", self.temperature, 0)
     if self.cfg_scale < 0:
       raise ValueError(f"{self.cfg_scale=} must be >= 0")
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import Sampler, gumbel_argmax, probability_of, topk_per_row
+from dlm.samplers.base import AdaptiveSampler, check_number, gumbel_argmax, probability_of, topk_per_row
 
 
 def top1_per_row(score: jax.Array, eligible: jax.Array) -> jax.Array:
@@ -54,18 +54,11 @@ def factor_count(conf: jax.Array, eligible: jax.Array, f: float) -> jax.Array:
   return jnp.maximum(count, 1).astype(jnp.int32)
 
 
-class _ParallelBase(Sampler):
-  """Shared checks and bounds of the rules that commit >= 1 slot per step until the block is full.
+class _ParallelBase(AdaptiveSampler):
+  """Shared proposal of the rules that commit >= 1 slot per step until the block is full.
 
   Subclasses are frozen dataclasses that declare `temperature` themselves (so their own settings come first).
   """
-
-  def _check_temperature(self):
-    if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-      raise ValueError(f"{self.temperature=} must be a number >= 0")
-
-  def max_nfe(self, gen_length, block_length):
-    return gen_length  # >= 1 commit per step, so each block of Bk slots takes <= Bk steps
 
   def _propose(self, view: View, key: jax.Array):
     """x0 [B, Bk] (Gumbel-max at `temperature`) and its clean-softmax confidence [B, Bk]."""
@@ -89,7 +82,7 @@ class Threshold(_ParallelBase):
   def __post_init__(self):
     if not isinstance(self.tau, (int, float)) or not self.tau > 0:
       raise ValueError(f"{self.tau=} must be a number > 0 (tau > 1 means one token per step)")
-    self._check_temperature()
+    check_number("temperature", self.temperature, 0)
 
   @property
   def family(self):
@@ -113,7 +106,7 @@ class Factor(_ParallelBase):
   def __post_init__(self):
     if not isinstance(self.f, (int, float)) or not self.f > 0:
       raise ValueError(f"{self.f=} must be a number > 0")
-    self._check_temperature()
+    check_number("temperature", self.temperature, 0)
 
   @property
   def family(self):
