@@ -1,14 +1,97 @@
-"""The `dlm` command: train, compare, sample, bench, convert."""
+"""The `dlm` command: train, compare, sample, bench, convert.
+
+Bad input ends in one line on stderr naming the argument and what was expected, with exit status 2: argparse
+`type=` callables check each value, `_check_*` the combinations, and any library error is caught in `main` and
+printed as one line.  `--debug` (or DLM_DEBUG=1) shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from importlib import resources
 from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BUNDLED = Path(__file__).resolve().parent / "assets" / "bundled"
+
+
+def packaged_config(name: str) -> Path:
+  """A YAML shipped in the `dlm.configs` package (the repository's configs/ folder, or the installed copy)."""
+  return Path(str(resources.files("dlm.configs").joinpath(name)))
+
+
+# argparse `type=` callables: each raises ArgumentTypeError with the expected value, which argparse prefixes
+# with the argument's name.
+
+def positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+  return value
+
+
+def nonnegative_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+  return value
+
+
+def positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+  return value
+
+
+def existing_file(text: str) -> str:
+  path = Path(text)
+  if not path.exists():
+    raise argparse.ArgumentTypeError(f"expected an existing file, {text} does not exist")
+  if not path.is_file():
+    raise argparse.ArgumentTypeError(f"expected a file, {text} is a directory")
+  if not os.access(path, os.R_OK):
+    raise argparse.ArgumentTypeError(f"expected a readable file, {text} is not readable")
+  return text
+
+
+def model_source(text: str) -> str:
+  """A model folder, or a hub id (org/name) that dlm.io resolves through the local cache."""
+  path = Path(text).expanduser()
+  if path.exists():
+    if not path.is_dir():
+      raise argparse.ArgumentTypeError(f"expected a model folder with config.json, {text} is a file")
+    return text
+  if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+    return text  # a hub id; dlm.io says at once if it is not in the local cache
+  raise argparse.ArgumentTypeError(f"expected a model folder or a hub id org/name, {text} does not exist")
+
+
+def _choice(kind: str, names):
+  def parse(text: str) -> str:
+    if text not in names:
+      raise argparse.ArgumentTypeError(f"unknown {kind} {text!r}; expected one of {sorted(names)}")
+    return text
+  parse.__name__ = kind
+  return parse
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with a one-line error (no usage block): `dlm compare: error: argument --n: expected ...`."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _parse_value(text: str):
@@ -21,7 +104,8 @@ def _load_model(path: str | None, dtype: str | None, *, with_tokenizer: bool = F
   from dlm.io.params import load_model
   if path is None:
     if not (BUNDLED / "params.safetensors").is_file():
-      raise SystemExit(f"the bundled model is missing from {BUNDLED}; train it with `dlm train` or pass --model")
+      raise FileNotFoundError(f"the bundled model is missing from {BUNDLED}; train it with `dlm train` or pass "
+                              "--model")
     model, name, tokenizer = load_model(BUNDLED, dtype=dtype), "bundled", None
   else:
     import dlm
@@ -33,7 +117,7 @@ def _load_model(path: str | None, dtype: str | None, *, with_tokenizer: bool = F
 def cmd_train(args):
   from dlm.train.loop import TrainConfig, train
   import dataclasses
-  cfg = TrainConfig.from_yaml(args.config)
+  cfg = TrainConfig.from_yaml(args.config or packaged_config("bundled.yaml"))
   if args.steps is not None:
     cfg = dataclasses.replace(cfg, steps=args.steps)
   train(cfg, args.out)
@@ -41,15 +125,14 @@ def cmd_train(args):
 
 
 def cmd_compare(args):
-  from dlm.eval.compare import GridEntry, compare, format_table, load_grid, write_results
-  if args.grid is not None:
-    grid = load_grid(args.grid)
-  elif (REPO_CONFIGS / "compare_default.yaml").is_file():
-    grid = load_grid(REPO_CONFIGS / "compare_default.yaml")
-  else:
-    grid = [GridEntry("low_confidence", (("steps", "G"),)), GridEntry("low_confidence", (("steps", "G/2"),))]
+  from dlm.eval.compare import GridEntry, check_grid, compare, format_table, load_grid, write_results
   if args.sampler:
     grid = [GridEntry(args.sampler, tuple(sorted(_settings(args.set).items())))]
+  else:
+    if args.set:
+      raise ValueError("--set needs --sampler (a grid file carries its own settings)")
+    grid = load_grid(args.grid or packaged_config("compare_default.yaml"))
+  check_grid(grid)  # unknown samplers and settings fail before the model loads
   model, name = _load_model(args.model, args.dtype)
   records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
                     block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
@@ -63,8 +146,8 @@ def cmd_compare(args):
 def _settings(pairs) -> dict:
   out = {}
   for pair in pairs or []:
-    if "=" not in pair:
-      raise SystemExit(f"--set expects NAME=VALUE, got {pair!r}")
+    if "=" not in pair or not pair.split("=", 1)[0]:
+      raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
     k, v = pair.split("=", 1)
     out[k] = _parse_value(v)
   return out
@@ -82,9 +165,11 @@ def cmd_sample(args):
     settings["steps"] = args.steps
   sampler = make_sampler(args.sampler, **settings)
   task = None
+  if args.task and args.prompt is not None:
+    raise ValueError("give either --prompt or --task, not both")
   if args.task:
     if hf_tokenizer is not None:
-      raise SystemExit("--task needs the character-level task model (the bundled one), not a Hugging Face model")
+      raise ValueError("--task needs the character-level task model (the bundled one), not a Hugging Face model")
     task = get_task(args.task)
     exs = task.examples(args.n, seed=args.seed)
     prompts, valid, _ = task.encode(exs)
@@ -92,7 +177,7 @@ def cmd_sample(args):
     texts = [e.prompt for e in exs]
   else:
     if args.prompt is None:
-      raise SystemExit("give --prompt TEXT (e.g. '<add>0012+0034=') or --task NAME")
+      raise ValueError("give --prompt TEXT (e.g. '<add>0012+0034=') or --task NAME")
     if hf_tokenizer is None:
       ids = TOKENIZER.encode(args.prompt)
     elif args.chat:
@@ -149,31 +234,39 @@ def cmd_bench(args):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="dlm", description="Sampling from masked diffusion language models")
-  sub = parser.add_subparsers(dest="command", required=True)
+  from dlm.engine.cache import CACHE_POLICIES
+  from dlm.samplers.registry import SAMPLERS
+  from dlm.tasks import TASKS
+  sampler_name, task_name = _choice("sampler", SAMPLERS), _choice("task", TASKS)
+  cache_name = _choice("cache policy", CACHE_POLICIES)
+  parser = _Parser(prog="dlm", description="Sampling from masked diffusion language models")
+  parser.add_argument("--debug", action="store_true", help="show full tracebacks (also DLM_DEBUG=1)")
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
   def common(p):
-    p.add_argument("--model", default=None, help="model folder or hub id (default: the bundled model)")
+    p.add_argument("--model", default=None, type=model_source,
+                   help="model folder or hub id (default: the bundled model)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
 
   p = sub.add_parser("train", help="train a base model on the built-in task mixture")
-  p.add_argument("--config", default=str(REPO_CONFIGS / "bundled.yaml"))
+  p.add_argument("--config", default=None, type=existing_file, help="recipe YAML (default: the bundled recipe)")
   p.add_argument("--out", required=True)
-  p.add_argument("--steps", type=int, default=None)
+  p.add_argument("--steps", type=positive_int, default=None)
   p.set_defaults(fn=cmd_train)
 
   p = sub.add_parser("compare", help="run a grid of samplers on the built-in tasks")
   common(p)
-  p.add_argument("--tasks", nargs="+", default=["add", "sudoku4", "sudoku4_hard", "reverse", "hmm"])
-  p.add_argument("--grid", default=None, help="YAML grid (default: configs/compare_default.yaml)")
-  p.add_argument("--sampler", default=None, help="run this one sampler instead of the grid")
+  p.add_argument("--tasks", nargs="+", type=task_name, default=["add", "sudoku4", "sudoku4_hard", "reverse", "hmm"])
+  p.add_argument("--grid", default=None, type=existing_file, help="YAML grid (default: the packaged "
+                 "configs/compare_default.yaml)")
+  p.add_argument("--sampler", default=None, type=sampler_name, help="run this one sampler instead of the grid")
   p.add_argument("--set", nargs="*", default=None, help="sampler settings NAME=VALUE with --sampler")
-  p.add_argument("--n", type=int, default=64)
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--block-length", type=int, default=None)
+  p.add_argument("--n", type=positive_int, default=64)
+  p.add_argument("--batch", type=positive_int, default=32)
+  p.add_argument("--block-length", type=positive_int, default=None)
   p.add_argument("--stop-at-eos", action="store_true")
-  p.add_argument("--cache", default="none", help="none | prefix | dual | window")
+  p.add_argument("--cache", default="none", type=cache_name, help="none | prefix | dual | window")
   p.add_argument("--out", default=None, help="folder for results.json and frontier.png")
   p.set_defaults(fn=cmd_compare)
 
@@ -181,27 +274,28 @@ def main(argv=None):
   common(p)
   p.add_argument("--prompt", default=None)
   p.add_argument("--chat", action="store_true", help="wrap --prompt in the tokenizer's chat template")
-  p.add_argument("--task", default=None)
-  p.add_argument("--n", type=int, default=4)
-  p.add_argument("--sampler", default="low_confidence")
-  p.add_argument("--steps", type=int, default=None)
+  p.add_argument("--task", default=None, type=task_name)
+  p.add_argument("--n", type=positive_int, default=4)
+  p.add_argument("--sampler", default="low_confidence", type=sampler_name)
+  p.add_argument("--steps", type=positive_int, default=None)
   p.add_argument("--set", nargs="*", default=None)
-  p.add_argument("--gen-length", type=int, default=None)
-  p.add_argument("--block-length", type=int, default=None)
+  p.add_argument("--gen-length", type=positive_int, default=None)
+  p.add_argument("--block-length", type=positive_int, default=None)
   p.add_argument("--stop-at-eos", action="store_true")
   p.set_defaults(fn=cmd_sample)
 
-  p = sub.add_parser("bench", help="compile time, wall time, NFE, TPS and overhead ratio as JSON")
+  p = sub.add_parser("bench", help="compile time, wall time, NFE, TPS and overhead ratios as JSON")
   common(p)
-  p.add_argument("--sampler", default="low_confidence")
+  p.add_argument("--sampler", default="low_confidence", type=sampler_name)
   p.add_argument("--set", nargs="*", default=None)
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--prompt-length", type=int, default=16)
-  p.add_argument("--gen-length", type=int, default=128)
-  p.add_argument("--block-length", type=int, default=32)
-  p.add_argument("--cache", default="none", help="none | prefix | dual | window")
-  p.add_argument("--window", type=int, default=16, help="tokens recomputed on each side of the block (cache window)")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--batch", type=positive_int, default=8)
+  p.add_argument("--prompt-length", type=positive_int, default=16)
+  p.add_argument("--gen-length", type=positive_int, default=128)
+  p.add_argument("--block-length", type=positive_int, default=32)
+  p.add_argument("--cache", default="none", type=cache_name, help="none | prefix | dual | window")
+  p.add_argument("--window", type=nonnegative_int, default=16,
+                 help="tokens recomputed on each side of the block (cache window)")
+  p.add_argument("--repeats", type=positive_int, default=3)
   p.set_defaults(fn=cmd_bench)
 
   p = sub.add_parser("convert", help="convert between Hugging Face folders and dlm's format")
@@ -209,11 +303,22 @@ def main(argv=None):
   convert.add_arguments(p)
   p.set_defaults(fn=convert.run)
 
-  args = parser.parse_args(argv)
+  try:
+    args = parser.parse_args(argv)
+  except SystemExit as e:  # argparse: --help (0) or a bad argument (2, message already printed)
+    return e.code if isinstance(e.code, int) else 2
+  debug = args.debug or os.environ.get("DLM_DEBUG", "") not in ("", "0")
   try:
     args.fn(args)
-  except ValueError as e:
-    print(f"dlm {args.command}: error: {e}", file=sys.stderr)
+  except KeyboardInterrupt:
+    raise
+  except Exception as e:  # library errors: one line, the traceback only with --debug
+    if debug:
+      raise
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if not isinstance(e, ValueError):
+      message = f"{type(e).__name__}: {message}"
+    print(f"dlm {args.command}: error: {message}", file=sys.stderr)
     return 2
   return 0
 

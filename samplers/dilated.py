@@ -10,6 +10,11 @@ probability of its proposal) is below the threshold is deferred to the next roun
 from the new, richer context; the last round commits everything left, so a block still takes exactly
 num_rounds passes.  This is the paper's intent ("delay to the next round").  DUS's code instead re-masks such
 slots and never puts them in a later round, so they can stay masked to the end; we do not copy that.
+The skip confidence is the *clean* softmax probability of the proposal at every temperature (LLaDA's and
+Fast-dLLM's confidence).  At T > 0 DUS computes it from the Gumbel-noised values instead, which makes the skip
+depend on the noise draw rather than on how sure the model is; we keep the clean one (at T = 0 they agree).
+A block of B slots takes `dlm.schedules.num_rounds` passes: ceil(log2 B) for base 2 when B is a power of 2,
+one more or less otherwise (see dlm/schedules/dilated.py).
 """
 
 from __future__ import annotations

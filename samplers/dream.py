@@ -11,8 +11,12 @@ top-p, then top-k; greedy at T = 0), and
   without replacement with probability softmax(conf / alg_temp).
 
 Blocks.  Dream's sampler is global (one block).  With several blocks we run it per block with the steps split
-evenly, each block on its own grid linspace(1, eps, steps / num_blocks + 1), as Fast-dLLM's block version of the
-Dream sampler does.  Dream's logit shift (slot i predicted from the output at i - 1) is done by the engine.
+evenly, each block on its own grid linspace(1, eps, steps / num_blocks + 1).  Only that time grid matches
+Fast-dLLM's block version of the Dream sampler (`generation_utils_block.py`); it is not that sampler: Fast-dLLM
+also force-commits each block's first slot from the block-entry pass (needed there because its cached step
+cannot predict slot s, see dlm/engine/cache.py; our windows start at s - 1 instead) and always ranks by entropy
+or a threshold, whatever `alg` says.  Dream's logit shift (slot i predicted from the output at i - 1) is done by
+the engine.
 """
 
 from __future__ import annotations

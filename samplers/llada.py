@@ -4,6 +4,18 @@ Per block the `steps / num_blocks` steps commit a front-loaded even split of the
 (base = m // spb, the first m % spb steps one more).  Every step samples x0 at all slots (Gumbel-max at
 temperature T), scores the masked slots, and commits the k highest.  "Remasking" means keeping the
 low-scoring predictions masked; committed tokens are never re-masked.
+
+`confidence_eos_eot_inf` (LLaDA's evaluation flag for GSM8K, MATH, MBPP, HumanEval) exists in two forms:
+- eos_rule="reference" (default), what ML-GSAI/LLaDA generate.py (b7e6c35, lines 94-101) computes: x0 is drawn
+  first, then the chained assignment `logits_with_noise[:, :, EOS] = logits[:, :, EoT] = -inf`.  At T = 0
+  `add_gumbel_noise` returns `logits` itself, so *both* end columns of `logits` become -inf before the softmax:
+  an end-token proposal gets confidence 0 and every other confidence is renormalised to p / (1 - p_EOS - p_EoT).
+  At T > 0 only the EoT column of `logits` is touched (LLaDA issue #137), so only EoT is renormalised away.
+- eos_rule="intent": the clean confidences stay as they are and end-token proposals rank last (what PR #139
+  meant: never commit end-of-text before the content).  This is not what any published LLaDA table ran.
+The end columns are the model's `end_ids` (LLaDA: EOS 126081, EoT 126348); `steps > gen_length` is accepted as
+LLaDA does: the extra steps of a block commit nothing, and the engine moves on once a block has no masks, so they
+cost no NFE here (LLaDA's loop still runs them).
 """
 
 from __future__ import annotations
@@ -24,27 +36,35 @@ def even_split_count(entry_masked: jax.Array, step: jax.Array, steps_per_block: 
   return (base + (step < entry_masked % steps_per_block)).astype(jnp.int32)
 
 
+EOS_RULES = ("reference", "intent")
+
+
 @dataclasses.dataclass(frozen=True)
 class _LLaDABase(FixedStepsSampler):
   steps: int = 64
   temperature: float = 0.0
   cfg_scale: float = 0.0
   logits_eos_inf: bool = False  # forbid <|endoftext|> entirely (LLaDA's HumanEval setting)
-  confidence_eos_eot_inf: bool = False  # commit end-of-text tokens last (the intent of LLaDA PR #139)
+  confidence_eos_eot_inf: bool = False  # push end-of-text proposals back (see the module docstring)
+  eos_rule: str = "reference"  # how confidence_eos_eot_inf acts: "reference" (LLaDA's code) or "intent"
 
   def __post_init__(self):
     check_positive_int("steps", self.steps)
     check_number("temperature", self.temperature, 0)
     if self.cfg_scale < 0:
       raise ValueError(f"{self.cfg_scale=} must be >= 0")
-
-  def validate(self, gen_length, block_length):
-    super().validate(gen_length, block_length)
-    if self.steps > gen_length:
-      raise ValueError(f"{self.steps=} exceeds {gen_length=}: steps beyond one token per step would commit nothing")
+    if self.eos_rule not in EOS_RULES:
+      raise ValueError(f"eos_rule={self.eos_rule!r}; expected one of {EOS_RULES}")
 
   def _score(self, logits, x0, key):
     raise NotImplementedError
+
+  def _reference_confidence_logits(self, logits, end_ids):
+    """The logits LLaDA's softmax sees under confidence_eos_eot_inf (module docstring): [B, Bk, V]."""
+    banned = end_ids if self.temperature == 0 else end_ids[1:]
+    if banned:
+      logits = logits.at[..., jnp.asarray(banned)].set(-jnp.inf)
+    return logits
 
   def step(self, view: View, block: BlockState, carry, key):
     k_sample, k_score = jax.random.split(key)
@@ -53,9 +73,10 @@ class _LLaDABase(FixedStepsSampler):
     if self.logits_eos_inf:
       logits = logits.at[..., eos_id].set(-jnp.inf)
     x0 = gumbel_argmax(k_sample, logits, self.temperature)  # [B, Bk]
+    if self.confidence_eos_eot_inf and self.eos_rule == "reference":
+      logits = self._reference_confidence_logits(logits, block.end_ids)
     score = self._score(logits, x0, k_score)  # [B, Bk]
-    if self.confidence_eos_eot_inf:
-      # LLaDA's chained assignment only achieves this at T == 0 (issue #137); we implement the intent.
+    if self.confidence_eos_eot_inf and self.eos_rule == "intent":
       is_end = jnp.isin(x0, jnp.asarray(block.end_ids))
       # Not -inf, which would tie with ineligible slots in top-k: end tokens stay eligible but rank last.
       score = jnp.where(is_end, -1e30, score)

@@ -37,20 +37,34 @@ def threshold_commit(conf: jax.Array, eligible: jax.Array, tau: float) -> jax.Ar
   return (eligible & (conf >= tau)) | top1_per_row(conf, eligible)
 
 
-def factor_count(conf: jax.Array, eligible: jax.Array, f: float) -> jax.Array:
-  """The factor rule's per-row count: the largest n with (n + 1)(1 - c_(n)) < f, at least 1.  -> [B] int32.
+FACTOR_RULES = ("fast_dllm", "paper")
 
-  c_(1) >= c_(2) >= ... are the eligible confidences sorted in descending order.  (n + 1)(1 - c_(n)) never
-  decreases with n (both factors are non-decreasing and >= 0), so the n that pass form a prefix 1..N and N is
-  their count; the cumulative product only guards against float noise breaking that monotonicity.
+
+def factor_count(conf: jax.Array, eligible: jax.Array, f: float, rule: str = "fast_dllm") -> jax.Array:
+  """The factor rule's per-row commit count -> [B] int32 (at least 1 where a row has an eligible slot).
+
+  c_(1) >= c_(2) >= ... >= c_(m) are the m eligible confidences sorted in descending order.
+
+  rule="paper" (Fast-dLLM paper): the largest n with (n + 1)(1 - c_(n)) < f, at least 1.
+  rule="fast_dllm" (NVlabs/Fast-dLLM `get_transfer_index_dynamic`, what its published tables ran): slot n
+    passes when c_(n) >= 1 - f / (n + 1), slot 1 always passes; P = the number of leading passes; the code's
+    `top_i` loop then takes one more when the first failure is the last slot or nothing fails (and when m = 1),
+    so it commits m if P >= m - 1, else P.  With two masks left both are always committed.
+  The two differ in the comparison (the code's ">=" is the paper's "<=" on ties) and in that quirk.
+  (n + 1)(1 - c_(n)) never decreases with n, so the passing n form a prefix; the cumulative product only guards
+  against float noise breaking that monotonicity.
   """
   ranked = -jnp.sort(-jnp.where(eligible, conf, -jnp.inf), axis=-1)  # [B, N] descending; ineligible -> -inf last
   n = jnp.arange(1, conf.shape[-1] + 1, dtype=jnp.float32)  # [N]
-  # Paper rule, strict "<".  Fast-dLLM's get_transfer_index_dynamic instead keeps c_(n) >= 1 - f/(n + 1), i.e.
-  # "<=" (equal only on exact ties), and has a quirk we do not copy: when the first failing n is the last masked
-  # slot (n = m) it commits all m instead of m - 1.  Ineligible slots give (n + 1) * inf, which always fails.
-  passes = (n + 1.0) * (1.0 - ranked) < f  # [B, N]
+  m = eligible.sum(-1).astype(jnp.int32)  # [B]
+  if rule == "paper":
+    passes = (n + 1.0) * (1.0 - ranked) < f  # [B, N]; ineligible slots give inf, which fails
+  else:
+    passes = (ranked >= 1.0 - f / (n + 1.0)) | (n == 1.0)  # [B, N]; the code's threshs[0] = -1
+    passes = passes & (jnp.arange(conf.shape[-1]) < m[:, None])
   count = jnp.sum(jnp.cumprod(passes.astype(jnp.int32), axis=-1), axis=-1)  # [B]
+  if rule == "fast_dllm":
+    count = jnp.where(count >= m - 1, m, count)
   return jnp.maximum(count, 1).astype(jnp.int32)
 
 
@@ -95,18 +109,24 @@ class Threshold(_ParallelBase):
 
 @dataclasses.dataclass(frozen=True)
 class Factor(_ParallelBase):
-  """Fast-dLLM factor decoding: commit the n most confident masked slots, n the largest with (n+1)(1 - c_(n)) < f.
+  """Fast-dLLM factor decoding: commit the n most confident masked slots, n chosen by `factor_count`.
 
-  With f = 1 the 2nd slot needs c > 2/3, the 3rd c > 3/4, the 4th c > 4/5, ...; at least one slot per step.
+  With f = 1 the 2nd slot needs c >= 2/3, the 3rd c >= 3/4, the 4th c >= 4/5, ...; at least one slot per step.
+  rule: "fast_dllm" (default) reproduces NVlabs/Fast-dLLM's `get_transfer_index_dynamic`, including its quirk of
+    committing all m slots when only the last one fails (so two remaining masks are always committed together);
+    "paper" is the paper's rule, the largest n with (n + 1)(1 - c_(n)) < f.
   """
 
   f: float = 1.0
   temperature: float = 0.0
+  rule: str = "fast_dllm"
 
   def __post_init__(self):
     if not isinstance(self.f, (int, float)) or not self.f > 0:
       raise ValueError(f"{self.f=} must be a number > 0")
     check_number("temperature", self.temperature, 0)
+    if self.rule not in FACTOR_RULES:
+      raise ValueError(f"rule={self.rule!r}; expected one of {FACTOR_RULES}")
 
   @property
   def family(self):
@@ -114,5 +134,5 @@ class Factor(_ParallelBase):
 
   def step(self, view: View, block: BlockState, carry, key):
     x0, conf = self._propose(view, key)
-    k = factor_count(conf, block.masked, self.f)  # [B]
+    k = factor_count(conf, block.masked, self.f, self.rule)  # [B]
     return x0, topk_per_row(conf, k, block.masked), carry

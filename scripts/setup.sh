@@ -15,4 +15,5 @@ EXTRAS=dev
 if .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || [ "${DLM_WITH_TORCH:-0}" = 1 ]; then
   EXTRAS=dev,torch
 fi
-.venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+# setuptools reports every editable install with a package-dir mapping as "information only"; nothing to act on.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e ".[$EXTRAS]"

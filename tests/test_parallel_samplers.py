@@ -95,12 +95,53 @@ def test_factor_rule_by_hand():
           [0.99, 0.98, 0.97, 0.96],  # n=4: 5*.04=.2 ok -> all 4
           [0.3, 0.2, 0.25, 0.4]]  # n=1: 2*.6=1.2 no -> still the top-1
   masked = [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
-  _, commit, _ = run_step(Factor(f=1.0), view_of(conf), state_of(masked))
+  _, commit, _ = run_step(Factor(f=1.0, rule="paper"), view_of(conf), state_of(masked))
   assert [slots(r) for r in commit] == [[0, 1], [0], [0, 1, 2, 3], [3]]
-  _, commit, _ = run_step(Factor(f=2.0), view_of(conf), state_of(masked))
+  _, commit, _ = run_step(Factor(f=2.0, rule="paper"), view_of(conf), state_of(masked))
   # f = 2, row 0: n=3 4*.3=1.2 < 2 ok, n=4 5*.45=2.25 no -> 3;  row 1: n=2 1.2 < 2 -> both;  row 3: 2*.6 < 2,
   # 3*.7=2.1 no -> 1.
   assert [slots(r) for r in commit] == [[0, 1, 3], [0, 1], [0, 1, 2, 3], [3]]
+
+
+def fast_dllm_factor_np(conf_masked, f):
+  """NVlabs/Fast-dLLM get_transfer_index_dynamic's count, re-derived as a plain loop over one row's masked confs."""
+  c = sorted(conf_masked, reverse=True)
+  thresholds = [-1.0] + [1 - f / (n + 1) for n in range(2, len(c) + 1)]
+  top_i = 0
+  for top_i in range(len(c)):
+    if c[top_i] < thresholds[top_i]:
+      break
+  if top_i == 0 or top_i == len(c) - 1:
+    top_i += 1
+  return top_i
+
+
+def test_factor_reference_rule_each_branch():
+  """Fast-dLLM's code: first failure in the middle -> the passes; at the last slot or none -> all m; m = 1 -> 1."""
+  conf = [[0.99, 0.9, 0.7, 0.55, 0.5],  # f=1 thresholds 2/3, 3/4, 4/5, 5/6: .9 ok, .7 fails at index 2 -> 2
+          [0.99, 0.98, 0.97, 0.96, 0.1],  # only the last fails -> the quirk commits all 5
+          [0.99, 0.98, 0.97, 0.96, 0.95],  # none fails -> 5
+          [0.3, 0.2, 0.25, 0.4, 0.35],  # index 1 fails -> top_i 1 -> 1
+          [0.3, 0.2, 0.25, 0.4, 0.35]]  # two masks left (.3, .2): fail at m - 1 -> both, the paper takes 1
+  masked = [[1] * 5, [1] * 5, [1] * 5, [1] * 5, [1, 1, 0, 0, 0]]
+  _, commit, _ = run_step(Factor(f=1.0), view_of(conf), state_of(masked))
+  assert [slots(r) for r in commit] == [[0, 1], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [3], [0, 1]]
+  _, commit, _ = run_step(Factor(f=1.0, rule="paper"), view_of(conf), state_of(masked))
+  assert [slots(r) for r in commit] == [[0, 1], [0, 1, 2, 3], [0, 1, 2, 3, 4], [3], [0]]
+  one = [[0.2, 0.9, 0.9, 0.9, 0.9]]  # m = 1 (the code's top_i == 0 branch)
+  _, commit, _ = run_step(Factor(), view_of(one), state_of([[1, 0, 0, 0, 0]]))
+  assert slots(commit[0]) == [0]
+
+
+def test_factor_reference_rule_matches_loop():
+  rng = np.random.default_rng(3)
+  conf = 0.1 + 0.9 * rng.random((64, 8)) ** 0.3  # [B, N], > 1/(V-1) so the proposal is the argmax
+  masked = rng.random((64, 8)) < 0.7
+  masked[:, 0] = True
+  for f in (0.5, 1.0, 2.0):
+    _, commit, _ = run_step(Factor(f=f), view_of(conf), state_of(masked))
+    want = [fast_dllm_factor_np(conf[i][masked[i]].tolist(), f) for i in range(64)]
+    np.testing.assert_array_equal(commit.sum(-1), want)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
                 trace_step=jnp.full((t,), -1, jnp.int32)) if spec.probe else ()
   init = LoopState(
       tokens=tokens0, block=jnp.int32(0), step=jnp.int32(0), iteration=jnp.int32(0),
-      entry_masked=jnp.zeros((b,), jnp.int32), nfe=jnp.zeros((b,), jnp.int32), steps=jnp.zeros((b,), jnp.int32),
+      entry_masked=jnp.zeros((b,), jnp.int32), nfe=jnp.zeros((b,), jnp.int32), batch_nfe=jnp.int32(0), steps=jnp.zeros((b,), jnp.int32),
       done=jnp.zeros((b,), bool), commit_step=jnp.full((b, g), -1, jnp.int32), fresh=jnp.zeros((b,), bool),
       cached_hidden=jnp.zeros(hidden_shape, cfg.compute_dtype),
       history=jnp.zeros((spec.history_length if spec.record else 0, b, g), jnp.int32), key=key,
@@ -302,6 +302,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
         tokens=tokens, block=jnp.where(block_complete, s.block + 1, s.block).astype(jnp.int32),
         step=jnp.where(block_complete, 0, s.step + 1).astype(jnp.int32), iteration=s.iteration + 1,
         entry_masked=entry_masked, nfe=s.nfe + charged * forwards_per_step,
+        batch_nfe=s.batch_nfe + jnp.asarray(ran, jnp.int32),
         steps=s.steps + active, done=done, commit_step=commit_step,
         fresh=(s.fresh | ran) & ~commit.any(-1) if reuse else s.fresh,
         cached_hidden=hidden if reuse else s.cached_hidden, history=history, key=key, carry=carry, kv=kv,
@@ -314,7 +315,8 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
   if spec.stop_at_eos:
     finished = finished | final.done
   gen_tokens = jnp.minimum(_first_end(answer, cfg.end_ids) + 1, g)
-  out = Generation(tokens=final.tokens, nfe=final.nfe, steps=final.steps, finished=finished,
+  out = Generation(tokens=final.tokens, nfe=final.nfe, steps=final.steps, batch_nfe=final.batch_nfe,
+                   finished=finished,
                    gen_tokens=gen_tokens.astype(jnp.int32), commit_step=final.commit_step,
                    history=final.history if spec.record else None,
                    tokens_computed=final.tokens_computed.astype(jnp.int32))

@@ -55,6 +55,7 @@ class LoopState:
   iteration: jax.Array  # [] int32, loop iterations so far (bounded by max_nfe)
   entry_masked: jax.Array  # [B] int32
   nfe: jax.Array  # [B] int32, forward calls this row took part in
+  batch_nfe: jax.Array  # [] int32, forward calls the batch made (a CFG step is one call over 2B rows)
   steps: jax.Array  # [B] int32, denoising steps this row took
   done: jax.Array  # [B] bool
   commit_step: jax.Array  # [B, G] int32, iteration at which each answer slot was committed (-1: never)
@@ -74,7 +75,9 @@ class Generation:
   """Result of `generate`.
 
   tokens: [B, P + G] prompt (left-padded, as given) followed by the answer slots.
-  nfe: [B] network forward calls per row (a CFG step counts two).
+  nfe: [B] network forward calls per row (a CFG step counts two): the honest per-sample cost.
+  batch_nfe: [] network forward calls the batch made, what Fast-dLLM's `generate` returns as `nfe`: one per loop
+    iteration that ran the network, a CFG step counting one call over the doubled batch (as LLaDA runs it).
   steps: [B] denoising steps per row.
   finished: [B] all answer slots resolved (or the row ended at an end-of-text token).
   gen_tokens: [B] generated tokens up to and including the first end-of-text (DESIGN.md §3).
@@ -87,6 +90,7 @@ class Generation:
   tokens: jax.Array
   nfe: jax.Array
   steps: jax.Array
+  batch_nfe: jax.Array
   finished: jax.Array
   gen_tokens: jax.Array
   commit_step: jax.Array

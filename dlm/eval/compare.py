@@ -1,8 +1,10 @@
 """The compare harness: a grid of samplers x tasks on one model, scored, timed and plotted.
 
-Metric definitions follow DESIGN.md §3: NFE per row, generated tokens up to and including the first end-of-text,
+Metric definitions follow DESIGN.md §3: NFE per row (and `batch_nfe_mean`, the forward calls of one batch, as
+Fast-dLLM counts them), generated tokens up to and including the first end-of-text,
 TPF = generated tokens / NFE, TPS = generated tokens / wall seconds measured after a compile-and-warm-up call on
 the same shapes (compile time is reported apart), score with a 95% interval (normal approximation, half-width).
+`tpf_fast_dllm` and `tpf_dinfer` count tokens as those peers do (dlm.engine.metrics).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from dlm.engine import generate
+from dlm.engine.metrics import peer_token_counts
 from dlm.samplers import SAMPLERS, make_sampler
 from dlm.tasks import get_task
 
@@ -42,17 +45,36 @@ class GridEntry:
 
 def load_grid(path) -> list[GridEntry]:
   """A YAML list of {sampler: name, <setting>: value, ...}."""
-  entries = yaml.safe_load(Path(path).read_text())
+  try:
+    entries = yaml.safe_load(Path(path).read_text())
+  except yaml.YAMLError as e:
+    raise ValueError(f"grid {path} is not valid YAML: {' '.join(str(e).split())}") from None
+  if not entries:
+    raise ValueError(f"grid {path} is empty; expected a YAML list of {{sampler: NAME, SETTING: VALUE}} entries")
   if not isinstance(entries, list):
-    raise ValueError(f"{path}: expected a YAML list of grid entries, got {type(entries).__name__}")
+    raise ValueError(f"grid {path}: expected a YAML list of grid entries, got {type(entries).__name__}")
   grid = []
   for e in entries:
+    if not isinstance(e, dict):
+      raise ValueError(f"grid {path}: entry {e!r} is not a mapping {{sampler: NAME, SETTING: VALUE}}")
     e = dict(e)
     if "sampler" not in e:
       raise ValueError(f"{path}: grid entry {e} has no 'sampler'")
     name = e.pop("sampler")
     grid.append(GridEntry(name, tuple(sorted(e.items()))))
   return grid
+
+
+def check_grid(grid: list[GridEntry]) -> None:
+  """Raise ValueError naming the first entry with an unknown sampler or setting (before any model is loaded)."""
+  for entry in grid:
+    if entry.sampler not in SAMPLERS:
+      raise ValueError(f"unknown sampler {entry.sampler!r} in the grid; expected one of {sorted(SAMPLERS)}")
+    fields = {f.name for f in dataclasses.fields(SAMPLERS[entry.sampler])}
+    unknown = sorted(name for name, _ in entry.settings if name not in fields)
+    if unknown:
+      raise ValueError(f"unknown setting(s) {unknown} for sampler {entry.sampler!r}; its settings are "
+                       f"{sorted(fields)}")
 
 
 def ci95(scores: np.ndarray) -> float:
@@ -84,7 +106,7 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
   t0 = time.perf_counter()
   run(prompts[:batch], valid[:batch], key)  # compile + warm up on the timed shapes
   compile_s = time.perf_counter() - t0
-  answers, nfe, gen_tokens, wall = [], [], [], 0.0
+  answers, nfe, gen_tokens, batch_nfe, wall = [], [], [], [], 0.0
   for i in range(0, n, batch):
     p, v = prompts[i:i + batch], valid[i:i + batch]
     rows = len(p)
@@ -97,12 +119,18 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
     answers.append(np.asarray(out.answers)[:rows])
     nfe.append(np.asarray(out.nfe)[:rows])
     gen_tokens.append(np.asarray(out.gen_tokens)[:rows])
+    batch_nfe.append(int(out.batch_nfe))
   answers, nfe, gen_tokens = np.concatenate(answers), np.concatenate(nfe), np.concatenate(gen_tokens)
   scores = task.score(exs, answers)
+  peers = peer_token_counts(answers, model.cfg.end_ids)
+  total_nfe = max(int(nfe.sum()), 1)
   return {
       "sampler": entry.sampler, "family": sampler.family, "settings": sampler.settings(), "task": task.name,
       "n": n, "score": float(scores.mean()), "score_ci95": ci95(scores), "nfe_mean": float(nfe.mean()),
-      "tpf": float(gen_tokens.sum() / max(nfe.sum(), 1)), "tps": float(gen_tokens.sum() / wall),
+      "batch_nfe_mean": float(np.mean(batch_nfe)), "tpf": float(gen_tokens.sum() / total_nfe),
+      "tpf_fast_dllm": float(peers["fast_dllm"].sum() / total_nfe),
+      "tpf_dinfer": float(peers["dinfer"].sum() / total_nfe),
+      "tps": float(gen_tokens.sum() / wall),
       "wall_s": wall, "compile_s": compile_s, "gen_length": gen_length, "block_length": block, "batch": batch,
       "stop_at_eos": stop_at_eos, "cache": cache, "model": model_name,
       "device": str(jax.devices()[0].device_kind),
@@ -127,13 +155,14 @@ def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batc
 
 
 def format_table(records: list[dict]) -> str:
-  head = f"{'task':<12} {'sampler':<16} {'settings':<34} {'score':>7} {'±95%':>6} {'NFE':>6} {'TPF':>5} {'TPS':>8}"
+  head = (f"{'task':<12} {'sampler':<16} {'settings':<34} {'score':>7} {'±95%':>6} {'NFE':>6} {'bNFE':>6} "
+          f"{'TPF':>5} {'TPS':>8}")
   lines = [head, "-" * len(head)]
   for r in records:
     shown = {k: v for k, v in r["settings"].items() if k not in ("cfg_scale",) and v not in (None, False)}
     text = ",".join(f"{k}={v}" for k, v in shown.items())[:34]
     lines.append(f"{r['task']:<12} {r['sampler']:<16} {text:<34} {r['score']:>7.3f} {r['score_ci95']:>6.3f} "
-                 f"{r['nfe_mean']:>6.1f} {r['tpf']:>5.2f} {r['tps']:>8.1f}")
+                 f"{r['nfe_mean']:>6.1f} {r['batch_nfe_mean']:>6.1f} {r['tpf']:>5.2f} {r['tps']:>8.1f}")
   for task in dict.fromkeys(r["task"] for r in records):
     ref = next(r["reference_score"] for r in records if r["task"] == task)
     if ref != 1.0:
