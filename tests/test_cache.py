@@ -169,7 +169,8 @@ def test_bench_smoke(model):
   out = bench(model, PROMPTS, VALID, sampler=LowConfidence(steps=8), gen_length=8, block_length=4, cache="dual",
               repeats=1)
   assert out["nfe_mean"] == 8 and out["iterations"] == 8 and out["block_iterations"] == [4, 4]
-  assert out["wall_s"] > 0 and out["forward_s"] > 0 and out["refresh_s"] > 0 and out["overhead_ratio"] > 0
+  assert out["wall_s"] > 0 and out["replay_s"] > 0 and out["overhead_ratio"] == out["wall_s"] / out["replay_s"]
+  assert out["batch_nfe"] == out["calls_made"] == 8
   assert 0 < out["tokens"] <= 8 * len(PROMPTS) and out["tps"] > 0 and out["tpf"] == out["tokens"] / (8 * 3)
 
 

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dlm.engine.cache import (CACHE_POLICIES, DEFAULT_WINDOW, CachePlan, block_slots, check_cache, empty_cache,
-                              full_forward, plan_cache, window_forward)
-from dlm.engine.state import BlockState, Generation, LoopState, View
-from dlm.model.transformer import Transformer, positions_from_valid
+from dlm.engine.cache import DEFAULT_WINDOW, CachePlan, check_cache, plan_cache
+from dlm.engine.calls import NetworkCalls
+from dlm.engine.state import BlockState, Generation, LoopState, View, as_decision
+from dlm.model.transformer import Transformer
 from dlm.samplers.base import Sampler
 
 
@@ -125,15 +125,6 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
   return args, dict(sampler=sampler, spec=spec)
 
 
-def _block_view(net: Transformer, hidden, start, block_length):
-  """Logits of slots [start, start + Bk) from full-sequence hidden states [B, L, D]."""
-  idx = start + jnp.arange(block_length)
-  if net.cfg.logit_shift:
-    idx = jnp.maximum(idx - 1, 0)  # Dream: slot i is predicted by the output at i - 1 (slot 0 by itself).
-  hidden_block = jnp.take(hidden, idx, axis=1)  # [B, Bk, D]
-  return hidden_block, net.logits(hidden_block, shift=False)
-
-
 def _first_end(answer, end_ids):
   """Index of the first end-of-text token in each row of answer [B, G] (G when none) -> [B]."""
   is_end = jnp.isin(answer, jnp.asarray(end_ids))
@@ -147,27 +138,11 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
   cfg = net.cfg
   b, p = prompts.shape
   g, bk = spec.gen_length, spec.block_length
-  tokens0 = jnp.concatenate([prompts, jnp.full((b, g), cfg.mask_id, jnp.int32)], axis=1)  # [B, L]
-  valid = jnp.concatenate([prompt_valid, jnp.ones((b, g), bool)], axis=1)  # [B, L]
-  positions = positions_from_valid(valid)
-  prompt_region = jnp.arange(p + g) < p
-  forwards_per_step = 2 if sampler.cfg_scale > 0 else 1
-
-  def forward(tokens):
-    hidden, _ = net(tokens, positions, valid)
-    return hidden
-
-  def guided(logits, un_logits):
-    return un_logits + (sampler.cfg_scale + 1.0) * (logits - un_logits)
-
-  def raw_block_logits(tokens, hidden, start):
-    hidden_block, logits = _block_view(net, hidden, start, bk)
-    if sampler.cfg_scale > 0:
-      # LLaDA's unsupervised CFG: the unconditional input masks every prompt position.
-      uncond = jnp.where(prompt_region[None], cfg.mask_id, tokens)
-      _, un_logits = _block_view(net, forward(uncond), start, bk)
-      logits = guided(logits, un_logits)
-    return hidden_block, logits
+  plan = spec.plan
+  calls = NetworkCalls(net, prompts, prompt_valid, gen_length=g, block_length=bk, cfg_scale=sampler.cfg_scale,
+                       plan=plan)
+  tokens0 = calls.initial_tokens(prompts)  # [B, L]
+  forwards_per_step = calls.forwards_per_step
 
   def to_view(logits, hidden_block):
     # A slot committed to the mask id would stay unresolved forever, so no sampler may propose it (MDLM's SUBS
@@ -175,55 +150,11 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
     logits = logits.at[..., cfg.mask_id].set(-jnp.inf)
     return View(logits=logits, hidden=hidden_block)
 
-  def block_logits(tokens, hidden, start):
-    hidden_block, logits = raw_block_logits(tokens, hidden, start)
-    return to_view(logits, hidden_block)
-
-  plan = spec.plan
-  if plan is not None:
-    # Under CFG the unconditional canvas rides along as B extra rows with their own cache rows: two caches in one
-    # buffer [n_layers, 2B, L, ...], and one forward of 2B rows per step instead of two of B.
-    def rows_of(tokens):  # [B, L] -> [R, L]
-      if sampler.cfg_scale > 0:
-        return jnp.concatenate([tokens, jnp.where(prompt_region[None], cfg.mask_id, tokens)], axis=0)
-      return tokens
-
-    rows_valid = jnp.tile(valid, (forwards_per_step, 1))  # [R, L]
-    rows_positions = jnp.tile(positions, (forwards_per_step, 1))  # [R, L]
-    window_starts = jnp.asarray(plan.starts, jnp.int32)  # [num_blocks]
-    window_widths = jnp.asarray(plan.widths, jnp.int32)  # [num_blocks]
-    window_branch = jnp.asarray(plan.branch_of_block, jnp.int32)  # [num_blocks]
-
-    def refresh(rows, kv, start, block):
-      del kv, block
-      hidden, kv = full_forward(net, rows, rows_positions, rows_valid)  # [R, L, D]
-      return jnp.take(hidden, block_slots(start, bk, plan.shift), axis=1), kv  # [R, Bk, D]
-
-    def windowed(width):
-      def run(rows, kv, start, block):
-        ws = window_starts[block]
-        hidden, kv = window_forward(net, rows, rows_positions, rows_valid, kv, ws, width)  # [R, W, D]
-        return jnp.take(hidden, block_slots(start, bk, plan.shift) - ws, axis=1), kv  # [R, Bk, D]
-      return run
-
-    programs = [refresh] + [windowed(w) for w in plan.programs]
-
-    def cached_logits(tokens, kv, start, block, step):
-      """-> hidden [B, Bk, D], logits [B, Bk, V] (before the mask-id ban), new cache, positions recomputed."""
-      which = jnp.where(step == 0, 0, 1 + window_branch[block])
-      hidden_block, kv = jax.lax.switch(which, programs, rows_of(tokens), kv, start, block)  # [R, Bk, D]
-      logits = net.logits(hidden_block, shift=False)  # [R, Bk, V]
-      if sampler.cfg_scale > 0:
-        logits = guided(logits[:b], logits[b:])
-        hidden_block = hidden_block[:b]
-      width = jnp.where(step == 0, p + g, window_widths[block])
-      return hidden_block, logits, kv, width
-
   # No-change reuse (MDLM's cache) only with cache='none': under a KV cache a skipped step would also skip the
   # cache bookkeeping (a block-entry refresh could be skipped), and the cached policies already make steps cheap.
   reuse = sampler.reuse_unchanged and sampler.cfg_scale == 0 and plan is None
   hidden_shape = (b, p + g, cfg.d_model) if reuse else (0, 0, 0)
-  kv0 = () if plan is None else empty_cache(cfg, forwards_per_step * b, p + g)
+  kv0 = calls.empty_kv()
   t = spec.trace_length
   # Divergence probe: per row, the max |cached - full-forward| logit over the masked slots it decoded; per
   # iteration, the max over rows and the step inside the block (0 = refresh).
@@ -231,8 +162,10 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
                 trace_step=jnp.full((t,), -1, jnp.int32)) if spec.probe else ()
   init = LoopState(
       tokens=tokens0, block=jnp.int32(0), step=jnp.int32(0), iteration=jnp.int32(0),
-      entry_masked=jnp.zeros((b,), jnp.int32), nfe=jnp.zeros((b,), jnp.int32), batch_nfe=jnp.int32(0), steps=jnp.zeros((b,), jnp.int32),
-      done=jnp.zeros((b,), bool), commit_step=jnp.full((b, g), -1, jnp.int32), fresh=jnp.zeros((b,), bool),
+      entry_masked=jnp.zeros((b,), jnp.int32), nfe=jnp.zeros((b,), jnp.int32), batch_nfe=jnp.int32(0),
+      steps=jnp.zeros((b,), jnp.int32),
+      done=jnp.zeros((b,), bool), commit_step=jnp.full((b, g), -1, jnp.int32),
+      remasked=jnp.zeros((b,), jnp.int32), hold=jnp.zeros((b,), bool), fresh=jnp.zeros((b,), bool),
       cached_hidden=jnp.zeros(hidden_shape, cfg.compute_dtype),
       history=jnp.zeros((spec.history_length if spec.record else 0, b, g), jnp.int32), key=key,
       carry=sampler.init(b, bk), kv=kv0, tokens_computed=jnp.zeros((b,), jnp.int32),
@@ -245,15 +178,15 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
     start = p + s.block * bk
     blk = jax.lax.dynamic_slice_in_dim(s.tokens, start, bk, axis=1)  # [B, Bk]
     masked = blk == cfg.mask_id
-    active = ~s.done & masked.any(-1)
+    active = ~s.done & (masked.any(-1) | s.hold)
     entry_masked = jnp.where(s.step == 0, masked.sum(-1).astype(jnp.int32), s.entry_masked)
     kv, probe = s.kv, s.probe
     if plan is not None:
-      hidden_block, logits, kv, width = cached_logits(s.tokens, s.kv, start, s.block, s.step)
+      hidden_block, logits, kv, width = calls.cached(s.tokens, s.kv, start, s.block, s.step)
       view = to_view(logits, hidden_block)
       ran, charged = True, active
       if spec.probe:
-        _, full_logits = raw_block_logits(s.tokens, forward(s.tokens), start)
+        _, full_logits = calls.block_logits(s.tokens, calls.forward(s.tokens), start)
         gap = jnp.abs(logits - full_logits).max(-1)  # [B, Bk]
         gap = jnp.where(masked & active[:, None], gap, 0.0).max(-1)  # [B]
         row = jnp.minimum(s.iteration, t - 1)
@@ -264,27 +197,36 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
       if reuse:
         need = active & ~s.fresh
         ran = need.any()
-        hidden = jax.lax.cond(ran, forward, lambda _: s.cached_hidden, s.tokens)
+        hidden = jax.lax.cond(ran, calls.forward, lambda _: s.cached_hidden, s.tokens)
         charged = need
       else:
-        hidden = forward(s.tokens)
+        hidden = calls.forward(s.tokens)
         ran, charged = True, active
-      view = block_logits(s.tokens, hidden, start)
+      hidden_block, logits = calls.block_logits(s.tokens, hidden, start)
+      view = to_view(logits, hidden_block)
     key, k_step = jax.random.split(s.key)
     block_state = BlockState(tokens=blk, masked=masked, active=active, entry_masked=entry_masked, step=s.step,
                              block=s.block, num_blocks=spec.num_blocks, block_length=bk, mask_id=cfg.mask_id,
                              end_ids=cfg.end_ids)
-    proposal, commit, carry = sampler.step(view, block_state, s.carry, k_step)
-    commit = commit & masked & active[:, None]
-    blk = jnp.where(commit, proposal.astype(jnp.int32), blk)
-    tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, blk, start, axis=1)
+    decision, carry = as_decision(sampler.step(view, block_state, s.carry, k_step))
+    commit = decision.commit & masked & active[:, None]
+    blk = jnp.where(commit, decision.tokens.astype(jnp.int32), blk)
     old_steps = jax.lax.dynamic_slice_in_dim(s.commit_step, start - p, bk, axis=1)
-    commit_step = jax.lax.dynamic_update_slice_in_dim(
-        s.commit_step, jnp.where(commit, s.iteration, old_steps), start - p, axis=1)
+    new_steps = jnp.where(commit, s.iteration, old_steps)
+    changed, remasked = commit.any(-1), s.remasked
+    if decision.remask is not None:
+      # Only slots committed before this step (so never one committed now), of rows that took this step.
+      remask = decision.remask & ~masked & active[:, None]
+      blk = jnp.where(remask, cfg.mask_id, blk)
+      new_steps = jnp.where(remask, -1, new_steps)
+      changed, remasked = changed | remask.any(-1), remasked + remask.sum(-1).astype(jnp.int32)
+    hold = jnp.zeros((b,), bool) if decision.hold is None else decision.hold & active
+    tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, blk, start, axis=1)
+    commit_step = jax.lax.dynamic_update_slice_in_dim(s.commit_step, new_steps, start - p, axis=1)
 
     answer = tokens[:, p:]
     unresolved = answer == cfg.mask_id
-    done = s.done | ~unresolved.any(-1)
+    done = s.done | (~unresolved.any(-1) & ~hold)
     if spec.stop_at_eos:
       first_end = _first_end(answer, cfg.end_ids)
       slot = jnp.arange(g)[None]
@@ -293,7 +235,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
       tokens = tokens.at[:, p:].set(answer)
       done = done | ended
     blk_after = jax.lax.dynamic_slice_in_dim(tokens, start, bk, axis=1)
-    block_complete = ~jnp.any(~done[:, None] & (blk_after == cfg.mask_id))
+    block_complete = ~jnp.any(~done[:, None] & ((blk_after == cfg.mask_id) | hold[:, None]))
     history = s.history
     if spec.record:
       row = jnp.minimum(s.iteration, spec.history_length - 1)
@@ -303,8 +245,8 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
         step=jnp.where(block_complete, 0, s.step + 1).astype(jnp.int32), iteration=s.iteration + 1,
         entry_masked=entry_masked, nfe=s.nfe + charged * forwards_per_step,
         batch_nfe=s.batch_nfe + jnp.asarray(ran, jnp.int32),
-        steps=s.steps + active, done=done, commit_step=commit_step,
-        fresh=(s.fresh | ran) & ~commit.any(-1) if reuse else s.fresh,
+        steps=s.steps + active, done=done, commit_step=commit_step, remasked=remasked, hold=hold & ~done,
+        fresh=(s.fresh | ran) & ~changed if reuse else s.fresh,
         cached_hidden=hidden if reuse else s.cached_hidden, history=history, key=key, carry=carry, kv=kv,
         tokens_computed=s.tokens_computed + charged * (width * forwards_per_step),
         block_iterations=s.block_iterations.at[s.block].add(1), probe=probe)
@@ -317,7 +259,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
   gen_tokens = jnp.minimum(_first_end(answer, cfg.end_ids) + 1, g)
   out = Generation(tokens=final.tokens, nfe=final.nfe, steps=final.steps, batch_nfe=final.batch_nfe,
                    finished=finished,
-                   gen_tokens=gen_tokens.astype(jnp.int32), commit_step=final.commit_step,
+                   gen_tokens=gen_tokens.astype(jnp.int32), commit_step=final.commit_step, remasked=final.remasked,
                    history=final.history if spec.record else None,
                    tokens_computed=final.tokens_computed.astype(jnp.int32))
   aux = dict(iterations=final.iteration, block_iterations=final.block_iterations, probe=final.probe)

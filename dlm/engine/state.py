@@ -21,6 +21,37 @@ class View:
 
 
 @flax.struct.dataclass
+class Decision:
+  """What a sampler's step returns (with its carry): `step(...) -> (Decision, carry)`.
+
+  tokens: [B, Bk] int32 proposals; written where `commit` is True.
+  commit: [B, Bk] bool; the engine keeps only masked slots of active rows.
+  remask: [B, Bk] bool or None: committed slots of the active block to return to the mask (ReMDM, WINO).  The
+    engine keeps only slots that were committed before this step, of active rows; the block lies in the answer,
+    so prompt tokens can never be touched.  A remasked slot's commit_step goes back to -1 until recommitted.
+  hold: [B] bool or None: rows that keep the block open although it has no masks left (a remasking sampler
+    with steps to go); such a row stays active and is charged NFE until it stops holding.
+  The plain tuple `(tokens, commit, carry)` is the same as `(Decision(tokens, commit), carry)`.
+  """
+
+  tokens: jax.Array
+  commit: jax.Array
+  remask: jax.Array | None = None
+  hold: jax.Array | None = None
+
+
+def as_decision(out) -> tuple[Decision, object]:
+  """Normalise a sampler step's return value to (Decision, carry)."""
+  if len(out) == 3:
+    tokens, commit, carry = out
+    return Decision(tokens=tokens, commit=commit), carry
+  decision, carry = out
+  if not isinstance(decision, Decision):
+    raise TypeError(f"a sampler step returns (tokens, commit, carry) or (Decision, carry), got {type(decision)}")
+  return decision, carry
+
+
+@flax.struct.dataclass
 class BlockState:
   """The canvas as a sampler sees it: the active block and where the loop stands.
 
@@ -59,6 +90,8 @@ class LoopState:
   steps: jax.Array  # [B] int32, denoising steps this row took
   done: jax.Array  # [B] bool
   commit_step: jax.Array  # [B, G] int32, iteration at which each answer slot was committed (-1: never)
+  remasked: jax.Array  # [B] int32, committed slots returned to the mask so far
+  hold: jax.Array  # [B] bool, the row asked to keep its (maskless) block open
   fresh: jax.Array  # [B] bool, canvas unchanged since the cached prediction (no-change caching)
   cached_hidden: jax.Array  # [B, L, D] hidden of the last forward (only when the sampler reuses predictions)
   history: jax.Array  # [T, B, G] answer tokens after each iteration when recording, else [0, B, G]
@@ -81,7 +114,8 @@ class Generation:
   steps: [B] denoising steps per row.
   finished: [B] all answer slots resolved (or the row ended at an end-of-text token).
   gen_tokens: [B] generated tokens up to and including the first end-of-text (DESIGN.md §3).
-  commit_step: [B, G] loop iteration at which each answer slot was committed (-1 if never).
+  commit_step: [B, G] loop iteration at which each answer slot was last committed (-1 if masked at the end).
+  remasked: [B] committed slots a remasking sampler returned to the mask (0 for every other sampler).
   history: [T, B, G] answer tokens after each iteration (only with record=True).
   tokens_computed: [B] canvas positions the network recomputed for the row, summed over its charged calls: L per
     full forward, the window width per cached step (a CFG step counts both passes), prompt padding included.
@@ -94,6 +128,7 @@ class Generation:
   finished: jax.Array
   gen_tokens: jax.Array
   commit_step: jax.Array
+  remasked: jax.Array | None = None
   history: jax.Array | None = None
   tokens_computed: jax.Array | None = None
   prompt_length: int = flax.struct.field(pytree_node=False, default=0)
