@@ -14,13 +14,19 @@ from dlm.engine.state import BlockState, View
 class Sampler(abc.ABC):
   """A frozen, hashable dataclass that decides which masked slots of the active block to commit.
 
-  The engine calls `init` once and `step` once per denoising step; a sampler returns block-local proposals
-  (tokens [B, Bk], commit [B, Bk] bool).  The engine only ever writes proposals at masked slots of active rows,
-  so a sampler cannot touch prompt tokens or un-commit anything.
+  The engine calls `init` once and `step` once per denoising step; a sampler returns proposals over its view
+  (tokens [B, Bv], commit [B, Bv] bool, as a tuple with its carry, or a `dlm.engine.state.Decision` that may also
+  remask committed slots and hold a block open).  The engine only writes proposals at masked slots of active rows
+  and only remasks answer slots committed earlier, so a sampler can never touch prompt tokens.
   """
 
   # Classifier-free guidance scale (LLaDA's "unsupervised CFG": the unconditional input masks the prompt).
   cfg_scale: float = 0.0
+  # What the engine shows the sampler (DESIGN.md §6): "block" = the active block's slots [B, Bk, ...];
+  # "answer" = every answer slot [B, G, ...] with `BlockState.in_block` marking the active block (cache 'none').
+  view_span: str = "block"
+  # Whether the forward also runs the block's leave-one-out shadow rows (`View.verify`, WINO; cache 'none').
+  verify_rows: bool = False
 
   @property
   def reuse_unchanged(self) -> bool:
@@ -34,8 +40,10 @@ class Sampler(abc.ABC):
   def max_nfe(self, gen_length: int, block_length: int) -> int:
     """Upper bound on denoising steps for the whole answer (the loop's default budget)."""
 
-  def init(self, batch: int, block_length: int):
-    del batch, block_length
+  def init(self, batch: int, block_length: int, vocab_size: int = 0):
+    """The carry before the first step.  block_length is the view's length Bv; vocab_size is V (for samplers
+    that carry per-token state, such as KLASS's previous distribution)."""
+    del batch, block_length, vocab_size
     return ()
 
   @abc.abstractmethod
@@ -130,3 +138,17 @@ def probability_of(logits: jax.Array, tokens: jax.Array) -> jax.Array:
   """softmax(logits)[tokens] in float32.  [..., V], [...] -> [...]."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return jnp.exp(jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0])
+
+
+def entropy_of(logits: jax.Array) -> jax.Array:
+  """Entropy in nats of softmax(logits) in float32, 0 * log 0 taken as 0.  [..., V] -> [...]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  p = jnp.exp(logp)
+  return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+
+
+def rank_per_row(score: jax.Array, eligible: jax.Array) -> jax.Array:
+  """Rank of each slot when the eligible slots of a row are sorted by descending score (ties to the lower index;
+  ineligible slots rank after every eligible one).  [B, N] -> [B, N] int32, 0 = best."""
+  order = jnp.argsort(-jnp.where(eligible, score, -jnp.inf), axis=-1, stable=True)
+  return jnp.argsort(order, axis=-1, stable=True).astype(jnp.int32)

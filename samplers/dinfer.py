@@ -75,7 +75,8 @@ class Credit(AdaptiveSampler):
   def family(self):
     return "credit"
 
-  def init(self, batch, block_length):
+  def init(self, batch, block_length, vocab_size=0):
+    del vocab_size
     shape = (batch, block_length, block_length)  # [B, Bk slots, Bk entries]
     return jnp.full(shape, -1, jnp.int32), jnp.zeros(shape, jnp.float32)
 

@@ -82,7 +82,7 @@ class _LLaDABase(FixedStepsSampler):
       score = jnp.where(is_end, -1e30, score)
     spb = self.steps // block.num_blocks
     k = even_split_count(block.entry_masked, block.step, spb)
-    commit = topk_per_row(score, k, block.masked)
+    commit = topk_per_row(score, k, block.block_masked)
     return x0, commit, carry
 
 

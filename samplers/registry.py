@@ -8,7 +8,12 @@ from dlm.samplers.dilated import Dilated
 from dlm.samplers.dinfer import Credit, Hierarchy
 from dlm.samplers.dream import DreamSampler
 from dlm.samplers.llada import LowConfidence, RandomRemasking
+from dlm.samplers.eb import EntropyBounded
+from dlm.samplers.klass import Klass
+from dlm.samplers.prophet import Prophet
+from dlm.samplers.remdm import ReMDM
 from dlm.samplers.threshold import Factor, Threshold
+from dlm.samplers.wino import Wino
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "low_confidence": LowConfidence,
@@ -20,6 +25,11 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "dilated": Dilated,
     "credit": Credit,
     "hierarchy": Hierarchy,
+    "eb": EntropyBounded,
+    "remdm": ReMDM,
+    "wino": Wino,
+    "prophet": Prophet,
+    "klass": Klass,
 }
 
 

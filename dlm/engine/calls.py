@@ -76,13 +76,36 @@ class NetworkCalls:
     hidden, _ = self.net(tokens, self.positions, self.valid)
     return hidden
 
-  def block_logits(self, tokens, hidden, start):
-    """-> hidden [B, Bk, D], raw logits [B, Bk, V] from the conditional hidden states (plus CFG's second pass)."""
-    hidden_block, logits = block_view(self.net, hidden, start, self.block_length)
+  def block_logits(self, tokens, hidden, start, length: int | None = None):
+    """-> hidden [B, N, D], raw logits [B, N, V] of slots [start, start + N) (N = Bk unless `length` says) from
+    the conditional hidden states, plus CFG's second pass."""
+    n = self.block_length if length is None else length
+    hidden_block, logits = block_view(self.net, hidden, start, n)
     if self.cfg_scale > 0:
-      _, un_logits = block_view(self.net, self.forward(self.unconditional(tokens)), start, self.block_length)
+      _, un_logits = block_view(self.net, self.forward(self.unconditional(tokens)), start, n)
       logits = self.guided(logits, un_logits)
     return hidden_block, logits
+
+  def forward_with_shadow(self, tokens, start):
+    """WINO's verification pass: the canvas plus Bk shadow rows in one forward (one NFE).
+
+    Shadow row i is a mask token at block slot i's position; it attends to every canvas key except block slot i
+    itself, and to all shadow rows; canvas rows do not see the shadow rows, so their outputs equal a plain forward.
+    -> hidden [B, L, D] of the canvas, hidden [B, Bk, D] of the shadow rows.
+    """
+    b, length = tokens.shape
+    bk = self.block_length
+    shadow = jnp.full((b, bk), self.net.cfg.mask_id, jnp.int32)
+    rows = jnp.concatenate([tokens, shadow], axis=1)  # [B, L + Bk]
+    positions = jnp.concatenate(
+        [self.positions, jax.lax.dynamic_slice_in_dim(self.positions, start, bk, axis=1)], axis=1)
+    q = jnp.arange(length + bk)[:, None]
+    k = jnp.arange(length + bk)[None, :]
+    own_slot = start + q - length  # the block slot a shadow query stands for
+    allowed = jnp.where(q < length, k < length, (k >= length) | (k != own_slot))  # [L + Bk, L + Bk]
+    keys_valid = jnp.concatenate([self.valid, jnp.ones((b, bk), bool)], axis=1)  # [B, L + Bk]
+    hidden, _ = self.net(rows, positions, allowed[None] & keys_valid[:, None, :])
+    return hidden[:, :length], hidden[:, length:]
 
   # -- cached policies ---------------------------------------------------------------------------------------
 

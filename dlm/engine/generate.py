@@ -75,6 +75,15 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
   if max_nfe is not None and (not isinstance(max_nfe, int) or max_nfe <= 0):
     raise ValueError(f"{max_nfe=} must be a positive int or None")
   sampler.validate(gen_length, block_length)
+  if sampler.view_span not in ("block", "answer"):
+    raise ValueError(f"sampler.view_span={sampler.view_span!r}; expected 'block' or 'answer'")
+  needs = [what for what, on in (("view_span='answer'", sampler.view_span == "answer"),
+                                 ("verification rows", sampler.verify_rows)) if on]
+  if needs and cache != "none":
+    raise ValueError(f"cache={cache!r}: {type(sampler).__name__} needs {needs[0]}, which only cache='none' provides")
+  if sampler.verify_rows and (model.cfg.logit_shift or sampler.cfg_scale > 0):
+    raise ValueError(f"{type(sampler).__name__}'s verification rows need a model without logit shift (LLaDA "
+                     "layout) and cfg_scale=0")
 
 
 def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler, gen_length: int,
@@ -160,6 +169,11 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
   # iteration, the max over rows and the step inside the block (0 = refresh).
   probe0 = dict(gap=jnp.zeros((b,), jnp.float32), trace=jnp.zeros((t,), jnp.float32),
                 trace_step=jnp.full((t,), -1, jnp.int32)) if spec.probe else ()
+  # The sampler's view: the active block (default) or every answer slot (view_span "answer"), Bv slots from vs.
+  answer_view = sampler.view_span == "answer"
+  bv = g if answer_view else bk
+  verify = sampler.verify_rows
+
   init = LoopState(
       tokens=tokens0, block=jnp.int32(0), step=jnp.int32(0), iteration=jnp.int32(0),
       entry_masked=jnp.zeros((b,), jnp.int32), nfe=jnp.zeros((b,), jnp.int32), batch_nfe=jnp.int32(0),
@@ -168,7 +182,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
       remasked=jnp.zeros((b,), jnp.int32), hold=jnp.zeros((b,), bool), fresh=jnp.zeros((b,), bool),
       cached_hidden=jnp.zeros(hidden_shape, cfg.compute_dtype),
       history=jnp.zeros((spec.history_length if spec.record else 0, b, g), jnp.int32), key=key,
-      carry=sampler.init(b, bk), kv=kv0, tokens_computed=jnp.zeros((b,), jnp.int32),
+      carry=sampler.init(b, bv, cfg.vocab_size), kv=kv0, tokens_computed=jnp.zeros((b,), jnp.int32),
       block_iterations=jnp.zeros((spec.num_blocks,), jnp.int32), probe=probe0)
 
   def cond(s: LoopState):
@@ -176,10 +190,13 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
 
   def body(s: LoopState):
     start = p + s.block * bk
-    blk = jax.lax.dynamic_slice_in_dim(s.tokens, start, bk, axis=1)  # [B, Bk]
+    vs = p if answer_view else start  # first canvas slot of the view
+    in_block = (vs + jnp.arange(bv) >= start) & (vs + jnp.arange(bv) < start + bk)  # [Bv]
+    blk = jax.lax.dynamic_slice_in_dim(s.tokens, vs, bv, axis=1)  # [B, Bv]
     masked = blk == cfg.mask_id
-    active = ~s.done & (masked.any(-1) | s.hold)
-    entry_masked = jnp.where(s.step == 0, masked.sum(-1).astype(jnp.int32), s.entry_masked)
+    block_masked = masked & in_block[None]
+    active = ~s.done & (block_masked.any(-1) | s.hold)
+    entry_masked = jnp.where(s.step == 0, block_masked.sum(-1).astype(jnp.int32), s.entry_masked)
     kv, probe = s.kv, s.probe
     if plan is not None:
       hidden_block, logits, kv, width = calls.cached(s.tokens, s.kv, start, s.block, s.step)
@@ -194,24 +211,31 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
                      trace_step=probe["trace_step"].at[row].set(s.step))
     else:
       width = p + g
+      shadow = None
       if reuse:
         need = active & ~s.fresh
         ran = need.any()
         hidden = jax.lax.cond(ran, calls.forward, lambda _: s.cached_hidden, s.tokens)
         charged = need
+      elif verify:
+        hidden, shadow = calls.forward_with_shadow(s.tokens, start)
+        ran, charged = True, active
+        width = p + g + bk
       else:
         hidden = calls.forward(s.tokens)
         ran, charged = True, active
-      hidden_block, logits = calls.block_logits(s.tokens, hidden, start)
+      hidden_block, logits = calls.block_logits(s.tokens, hidden, vs, bv)
       view = to_view(logits, hidden_block)
+      if shadow is not None:
+        view = view.replace(verify=to_view(net.logits(shadow, shift=False), shadow).logits)
     key, k_step = jax.random.split(s.key)
     block_state = BlockState(tokens=blk, masked=masked, active=active, entry_masked=entry_masked, step=s.step,
                              block=s.block, num_blocks=spec.num_blocks, block_length=bk, mask_id=cfg.mask_id,
-                             end_ids=cfg.end_ids)
+                             end_ids=cfg.end_ids, in_block=in_block if answer_view else None)
     decision, carry = as_decision(sampler.step(view, block_state, s.carry, k_step))
     commit = decision.commit & masked & active[:, None]
     blk = jnp.where(commit, decision.tokens.astype(jnp.int32), blk)
-    old_steps = jax.lax.dynamic_slice_in_dim(s.commit_step, start - p, bk, axis=1)
+    old_steps = jax.lax.dynamic_slice_in_dim(s.commit_step, vs - p, bv, axis=1)
     new_steps = jnp.where(commit, s.iteration, old_steps)
     changed, remasked = commit.any(-1), s.remasked
     if decision.remask is not None:
@@ -221,8 +245,8 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
       new_steps = jnp.where(remask, -1, new_steps)
       changed, remasked = changed | remask.any(-1), remasked + remask.sum(-1).astype(jnp.int32)
     hold = jnp.zeros((b,), bool) if decision.hold is None else decision.hold & active
-    tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, blk, start, axis=1)
-    commit_step = jax.lax.dynamic_update_slice_in_dim(s.commit_step, new_steps, start - p, axis=1)
+    tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, blk, vs, axis=1)
+    commit_step = jax.lax.dynamic_update_slice_in_dim(s.commit_step, new_steps, vs - p, axis=1)
 
     answer = tokens[:, p:]
     unresolved = answer == cfg.mask_id

@@ -9,15 +9,19 @@ import numpy as np
 
 @flax.struct.dataclass
 class View:
-  """What the network tells a sampler about the active block.
+  """What the network tells a sampler about the slots it sees (the active block, or the whole answer when the
+  sampler's `view_span` is "answer"); Bv below is Bk or G accordingly.
 
-  logits: [B, Bk, V] float32 for the active block's slots (Dream's shift already applied).
-  hidden: [B, Bk, D] final hidden states feeding those logits (for learned heads).
+  logits: [B, Bv, V] float32 (Dream's shift already applied; the mask id banned).
+  hidden: [B, Bv, D] final hidden states feeding those logits (for learned heads).
+  verify: [B, Bk, V] or None: with a sampler's `verify_rows`, the logits of the block's leave-one-out shadow rows
+    (WINO): row i sees the canvas with block slot i hidden (dlm.engine.calls.NetworkCalls.forward_with_shadow).
   Unused fields cost nothing: everything is traced in one program and XLA drops what no one reads.
   """
 
   logits: jax.Array
   hidden: jax.Array
+  verify: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -53,10 +57,10 @@ def as_decision(out) -> tuple[Decision, object]:
 
 @flax.struct.dataclass
 class BlockState:
-  """The canvas as a sampler sees it: the active block and where the loop stands.
+  """The canvas as a sampler sees it: the active block (or the whole answer) and where the loop stands.
 
-  tokens: [B, Bk] current tokens of the active block (mask id where unresolved).
-  masked: [B, Bk] bool, tokens == mask id.
+  tokens: [B, Bv] current tokens of the view (mask id where unresolved); Bv = Bk, or G with view_span "answer".
+  masked: [B, Bv] bool, tokens == mask id.
   active: [B] bool, rows that still decode this block (not finished, masks left).
   entry_masked: [B] int32, masked count of the block when it was entered (LLaDA fixes its counts there).
   step: [] int32, step index inside the block (0 at block entry).
@@ -74,6 +78,12 @@ class BlockState:
   block_length: int = flax.struct.field(pytree_node=False)
   mask_id: int = flax.struct.field(pytree_node=False)
   end_ids: tuple[int, ...] = flax.struct.field(pytree_node=False)
+  in_block: jax.Array | None = None  # [Bv] bool, the active block's slots in the view (None: the whole view)
+
+  @property
+  def block_masked(self) -> jax.Array:
+    """[B, Bv] masked slots of the active block (the slots a block-local rule may commit)."""
+    return self.masked if self.in_block is None else self.masked & self.in_block[None]
 
 
 @flax.struct.dataclass

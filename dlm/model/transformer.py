@@ -7,7 +7,8 @@ Contract (DESIGN.md §2):
 * `inputs` are token ids [B, W] or input embeddings [B, W, D] (soft inputs for latent refinement).
 * `positions` [B, W] are rotary positions of the inputs. With left padding use `positions_from_valid`, so a
   padded row sees exactly what the unpadded row sees.
-* `valid` [B, L] marks keys that may be attended (False on left padding). Without a cache W == L.
+* `valid` [B, L] marks keys that may be attended (False on left padding). Without a cache W == L.  A per-query
+  mask [B, W, L] is accepted too (extra query rows with their own attention pattern, e.g. WINO's shadow rows).
 * With `cache` (full-length per-layer keys/values [B, L, Hkv, Dh], as returned by an earlier call) the
   inputs are a window starting at `window_start` (a traced scalar): their keys/values are written into the cache
   at that offset and the window's queries attend over all L keys. Keys are stored after RoPE, so a cached key
@@ -93,7 +94,8 @@ class Attention(nnx.Module):
     qg = q.reshape(b, w, hkv, group, dh)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) / jnp.sqrt(
         jnp.float32(dh))  # [B, Hkv, G, W, L]
-    scores = jnp.where(valid[:, None, None, None, :], scores, jnp.finfo(jnp.float32).min)
+    allowed = valid[:, None, None, None, :] if valid.ndim == 2 else valid[:, None, None, :, :]  # [B, 1, 1, W|1, L]
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, w, h * dh)
     return self.o_proj(out), (k, v)
@@ -150,8 +152,9 @@ class Transformer(nnx.Module):
     if positions.shape != (b, w):
       raise ValueError(f"{positions.shape=} must equal inputs' [B, W]=({b}, {w})")
     if cache is None:
-      if valid.shape != (b, w):
-        raise ValueError(f"{valid.shape=} must equal inputs' [B, L]=({b}, {w}) when no cache is given")
+      if valid.shape not in ((b, w), (b, w, w)):
+        raise ValueError(f"{valid.shape=} must equal inputs' [B, L]=({b}, {w}) (or [B, L, L]) when no cache is "
+                         "given")
       window_start = 0
     elif window_start is None:
       raise ValueError("window_start is required when a cache is given")
