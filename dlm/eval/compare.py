@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -26,9 +27,12 @@ from dlm.samplers import SAMPLERS, make_sampler
 from dlm.tasks import get_task
 
 
+_G_FORM = re.compile(r"^(\d+)?G(?:/(\d+))?$")
+
+
 @dataclasses.dataclass(frozen=True)
 class GridEntry:
-  """One sampler setting; string values "G", "G/2", "G/4"... are resolved against the task's gen_length."""
+  """One sampler setting; string values "G", "G/2", "2G", "4G/2"... are resolved against the task's gen_length."""
 
   sampler: str
   settings: tuple = ()  # sorted (name, value) pairs, hashable
@@ -36,9 +40,10 @@ class GridEntry:
   def resolve(self, gen_length: int) -> dict:
     out = {}
     for name, value in self.settings:
-      if isinstance(value, str) and value.startswith("G"):
-        divisor = int(value[2:]) if value.startswith("G/") else 1
-        value = max(gen_length // divisor, 1)
+      match = _G_FORM.match(value) if isinstance(value, str) else None
+      if match:
+        factor, divisor = int(match.group(1) or 1), int(match.group(2) or 1)
+        value = max(factor * gen_length // divisor, 1)
       out[name] = value
     return out
 
