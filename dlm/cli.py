@@ -210,7 +210,9 @@ def cmd_bench(args):
   from dlm.samplers import make_sampler
   model, name = _load_model(args.model, args.dtype)
   settings = _settings(args.set)
-  if args.sampler in ("low_confidence", "random", "ancestral", "dream"):
+  import dataclasses
+  from dlm.samplers.registry import SAMPLERS
+  if "steps" in {f.name for f in dataclasses.fields(SAMPLERS[args.sampler])}:
     settings.setdefault("steps", args.gen_length)  # one token per step unless told otherwise
   sampler = make_sampler(args.sampler, **settings)
   rng = np.random.default_rng(args.seed)
