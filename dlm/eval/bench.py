@@ -34,10 +34,13 @@ from dlm.engine.calls import NetworkCalls
 from dlm.engine.generate import EngineSpec, _generate_jit, _prepare
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "spec", "cfg_scale"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec", "cfg_scale", "answer_view", "verify"))
 def _replay_jit(graphdef, state, prompts, prompt_valid, block_iterations, calls_made, *, spec: EngineSpec,
-                cfg_scale: float):
-  """The run's network calls and nothing else -> a scalar that depends on every call's logits."""
+                cfg_scale: float, answer_view: bool = False, verify: bool = False):
+  """The run's network calls and nothing else -> a scalar that depends on every call's logits.
+
+  answer_view / verify mirror the sampler's `view_span == "answer"` (the head over every answer slot) and
+  `verify_rows` (the forward with WINO's shadow rows, and the head over them)."""
   net = nnx.merge(graphdef, state)
   calls = NetworkCalls(net, prompts, prompt_valid, gen_length=spec.gen_length, block_length=spec.block_length,
                        cfg_scale=cfg_scale, plan=spec.plan)
@@ -47,7 +50,13 @@ def _replay_jit(graphdef, state, prompts, prompt_valid, block_iterations, calls_
     tokens, kv, block, step, acc = c
     start = p + block * bk
     if spec.plan is None:
-      _, logits = calls.block_logits(tokens, calls.forward(tokens), start)
+      if verify:
+        hidden, shadow = calls.forward_with_shadow(tokens, start)
+        acc = acc + jnp.sum(net.logits(shadow, shift=False), dtype=jnp.float32)
+      else:
+        hidden = calls.forward(tokens)
+      view_start, view_length = (p, spec.gen_length) if answer_view else (start, bk)
+      _, logits = calls.block_logits(tokens, hidden, view_start, view_length)
     else:
       _, logits, kv, _ = calls.cached(tokens, kv, start, block, step)
     acc = acc + jnp.sum(logits, dtype=jnp.float32)  # reads every logit, so the head is computed in full
@@ -83,7 +92,8 @@ def bench(model, prompts, valid=None, *, sampler, gen_length: int, block_length:
   block_iterations = np.asarray(aux["block_iterations"])
   iterations, calls_made = int(aux["iterations"]), int(out.batch_nfe)
   replay_args = (*args[:4], jnp.asarray(block_iterations, jnp.int32), jnp.int32(calls_made))
-  replay = functools.partial(_replay_jit, spec=spec, cfg_scale=float(sampler.cfg_scale))
+  replay = functools.partial(_replay_jit, spec=spec, cfg_scale=float(sampler.cfg_scale),
+                             answer_view=sampler.view_span == "answer", verify=bool(sampler.verify_rows))
   jax.block_until_ready(replay(*replay_args))  # compile and warm up
   walls, replay_walls = [], []
   for _ in range(repeats):  # interleaved, so a load change on the machine hits both sides alike
