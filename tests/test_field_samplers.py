@@ -25,7 +25,7 @@ from dlm.samplers.base import AdaptiveSampler
 from dlm.samplers.wino import wino_draft, wino_revoke
 from dlm.schedules import LogLinear
 from tests.conftest import PROMPTS, VALID
-from tests.test_parallel_samplers import MASK, V, run_step, slots, state_of, view_of
+from tests.test_parallel_samplers import MASK, V, run_step, slots, state_of
 
 GEN, BLOCK = 16, 8
 
@@ -136,7 +136,6 @@ def klass_np(logit_seq, masked0, steps_per_block, conf_thr, kl_thr, history):
       break
     z = np.exp(logit_seq[step] - logit_seq[step].max(-1, keepdims=True))
     p = z / z.sum(-1, keepdims=True)
-    x0 = p.argmax(-1)
     conf = p.max(-1)
     kl = (p * (np.log(p + 1e-12) - np.log(p_prev + 1e-12))).sum(-1)
     kl_hist = np.concatenate([kl_hist[..., 1:], kl[..., None]], -1)

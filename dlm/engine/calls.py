@@ -33,7 +33,6 @@ class NetworkCalls:
 
   def __init__(self, net: Transformer, prompts, prompt_valid, *, gen_length: int, block_length: int,
                cfg_scale: float, plan):
-    cfg = net.cfg
     self.net, self.plan, self.cfg_scale = net, plan, cfg_scale
     self.batch, self.prompt_length = prompts.shape
     self.gen_length, self.block_length = gen_length, block_length

@@ -81,9 +81,9 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
                                  ("verification rows", sampler.verify_rows)) if on]
   if needs and cache != "none":
     raise ValueError(f"cache={cache!r}: {type(sampler).__name__} needs {needs[0]}, which only cache='none' provides")
-  if sampler.verify_rows and (model.cfg.logit_shift or sampler.cfg_scale > 0):
+  if sampler.verify_rows and (model.cfg.logit_shift or sampler.cfg_scale > 0 or sampler.reuse_unchanged):
     raise ValueError(f"{type(sampler).__name__}'s verification rows need a model without logit shift (LLaDA "
-                     "layout) and cfg_scale=0")
+                     "layout), cfg_scale=0 and no reuse of unchanged predictions")
 
 
 def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler, gen_length: int,
