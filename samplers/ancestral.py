@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import FixedStepsSampler, check_number, check_positive_int, gumbel_argmax
+from dlm.kernels.head import HeadRequest
+from dlm.samplers.base import FixedStepsSampler, check_number, check_positive_int
 from dlm.schedules import LogLinear, Schedule, cosine_grid_np, get_schedule
 
 TIME_GRIDS = ("uniform", "cosine")
@@ -64,10 +65,13 @@ class Ancestral(FixedStepsSampler):
     p = self.schedule.unmask_prob(t, s)
     return jnp.where(step + 1 >= steps_per_block, 1.0, p)
 
+  @property
+  def head_request(self):
+    return HeadRequest(sample=True, temperature=self.temperature)
+
   def step(self, view: View, block: BlockState, carry, key):
-    k_tok, k_reveal = jax.random.split(key)
-    logits = view.logits  # [B, Bk, V]; the engine already excludes the mask id (SUBS)
-    x0 = gumbel_argmax(k_tok, logits, self.temperature)
+    _, k_reveal = jax.random.split(key)  # the head drew x0 with the first half
+    x0 = view.sample  # [B, Bk] from p_theta(x0 | x_t), the mask id excluded (SUBS)
     p = self.unmask_probability(block.step, self.steps // block.num_blocks)
     reveal = jax.random.uniform(k_reveal, x0.shape) < p
     return x0, reveal & block.masked, carry

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
+from dlm.kernels.head import LOGITS, HeadRequest, stats_from_logits
+from dlm.kernels.noise import gumbel_scores, seed_words
 
 
 class Sampler(abc.ABC):
@@ -27,6 +29,20 @@ class Sampler(abc.ABC):
   view_span: str = "block"
   # Whether the forward also runs the block's leave-one-out shadow rows (`View.verify`, WINO; cache 'none').
   verify_rows: bool = False
+
+  @property
+  def head_request(self) -> HeadRequest:
+    """What `step` reads from the head (docs/design.md §1, item 4).  The default, full logits, suits any sampler;
+    one that needs only a sample, its probability, the top-k or the entropy says so and never makes the engine
+    write [B, Bv, V] logits.  A sample at temperature T > 0 is drawn with the first half of the step key's split
+    (`dlm.engine.calls.head_key`)."""
+    return LOGITS
+
+  @property
+  def verify_request(self) -> HeadRequest:
+    """What `step` reads from the verification rows (`View.verify`) when `verify_rows`; token_prob is of the
+    block's current tokens."""
+    return LOGITS
 
   @property
   def reuse_unchanged(self) -> bool:
@@ -57,6 +73,26 @@ class Sampler(abc.ABC):
 
   def settings(self) -> dict:
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def drive_step(sampler: Sampler, view: View, block: BlockState, carry, key: jax.Array, verify_logits=None):
+  """Run `sampler.step` on a View that holds logits only (a hand-built case, another framework's logits): the
+  statistics the sampler asks for are computed from the logits by the reference reduction, with the engine's
+  bans (the mask id) and the engine's noise for the same key, exactly as `generate` would hand them over."""
+  from dlm.engine.calls import head_key, resolve_request
+
+  def complete(logits, request, tokens):
+    request = resolve_request(request, block.end_ids[0])
+    seed = seed_words(head_key(key)) if request.sample and request.temperature > 0 else None
+    stats = stats_from_logits(logits, request, mask_id=block.mask_id, seed=seed, tokens=tokens)
+    return View(logits=stats.logits, hidden=view.hidden, stats=stats.replace(logits=None))
+
+  if view.stats is None:
+    verify = None
+    if verify_logits is not None:
+      verify = complete(verify_logits, sampler.verify_request, block.tokens)
+    view = complete(view.logits, sampler.head_request, block.tokens).replace(verify=verify)
+  return sampler.step(view, block, carry, key)
 
 
 def check_number(name: str, value, lo: float, hi: float | None = None, open_lo: bool = False) -> None:
@@ -115,12 +151,21 @@ def exponential_hires(key: jax.Array, shape) -> jax.Array:
 
 
 def gumbel_argmax(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
-  """An exact sample from softmax(logits / T) by Gumbel-max; T == 0 is greedy argmax.  [..., V] -> [...]."""
+  """An exact sample from softmax(logits / T) by Gumbel-max; T == 0 is greedy argmax.  [..., V] -> [...].
+
+  The noise is the fused head's counter noise (kernels/noise.py) keyed by `seed_words(key)` with the flattened
+  leading index as the row, so a sampler that reads full logits and calls this with `head_key(step_key)` draws
+  exactly the sample the statistics view would have given it.
+  """
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  # argmax(logits / T - log E) == argmax(exp(logits) / E^T), LLaDA's add_gumbel_noise form.
-  noisy = logits.astype(jnp.float32) - temperature * jnp.log(exponential_hires(key, logits.shape))
-  return jnp.argmax(noisy, axis=-1).astype(jnp.int32)
+  lead, vocab = logits.shape[:-1], logits.shape[-1]
+  flat = logits.reshape(-1, vocab).astype(jnp.float32)
+  rows = jnp.arange(flat.shape[0], dtype=jnp.int32)[:, None]
+  tokens = jnp.arange(vocab, dtype=jnp.int32)[None]
+  # argmax(logits - T log E) == argmax(exp(logits) / E^T), LLaDA's add_gumbel_noise form.
+  noisy = gumbel_scores(flat, seed_words(key), rows, tokens, temperature)
+  return jnp.argmax(noisy, axis=-1).astype(jnp.int32).reshape(lead)
 
 
 def topk_per_row(score: jax.Array, k: jax.Array, eligible: jax.Array) -> jax.Array:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import Sampler, check_number, gumbel_argmax, probability_of
+from dlm.kernels.head import HeadRequest
+from dlm.samplers.base import Sampler, check_number
 from dlm.schedules import group_index, num_rounds
 
 
@@ -68,14 +68,18 @@ class Dilated(Sampler):
     # no extra pass: the bound is exact.
     return (gen_length // block_length) * self.rounds(block_length)
 
+  @property
+  def head_request(self):
+    return HeadRequest(sample=True, temperature=self.temperature)
+
   def step(self, view: View, block: BlockState, carry, key):
-    k_sample, _ = jax.random.split(key)
+    del key  # the sample is the view's
     group = jnp.asarray(group_index(block.block_length, self.base, self.base_skip, self.merge_last_level))  # [Bk]
-    x0 = gumbel_argmax(k_sample, view.logits, self.temperature)  # [B, Bk]
+    x0 = view.sample  # [B, Bk]
     # Slots of this round and any deferred from earlier rounds (committed slots are no longer masked).
     due = block.masked & (group[None] <= block.step)  # [B, Bk]
     if self.skip_threshold is not None:
       last = block.step >= self.rounds(block.block_length) - 1
-      sure = probability_of(view.logits, x0) >= self.skip_threshold  # [B, Bk]
+      sure = view.sample_prob >= self.skip_threshold  # [B, Bk]
       due = due & (sure | last)
     return x0, due, carry

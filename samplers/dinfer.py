@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
+from dlm.kernels.head import HeadRequest
 from dlm.samplers.base import AdaptiveSampler, check_number, gumbel_argmax, probability_of
 from dlm.samplers.threshold import threshold_commit, top1_per_row
 
@@ -143,10 +144,13 @@ class Hierarchy(AdaptiveSampler):
   def family(self):
     return "hierarchy"
 
+  @property
+  def head_request(self):
+    return HeadRequest(sample=True, temperature=self.temperature)
+
   def step(self, view: View, block: BlockState, carry, key):
-    k_sample, _ = jax.random.split(key)
-    x0 = gumbel_argmax(k_sample, view.logits, self.temperature)  # [B, Bk]
-    conf = probability_of(view.logits, x0)  # [B, Bk]
+    del key  # the sample is the view's
+    x0, conf = view.sample, view.sample_prob  # [B, Bk] each
     commit = run_best(conf, block.masked) & (conf > self.low_threshold)
     if self.tau is not None:
       commit = commit | (block.masked & (conf > self.tau))

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import (AdaptiveSampler, check_number, entropy_of, gumbel_argmax, probability_of,
-                               rank_per_row)
+from dlm.kernels.head import HeadRequest
+from dlm.samplers.base import AdaptiveSampler, check_number, rank_per_row
 
 EB_PROXIES = ("entropy", "confidence")
 EB_UNITS = ("nats", "bits")
@@ -72,11 +72,15 @@ class EntropyBounded(AdaptiveSampler):
   def family(self):
     return "eb"
 
+  @property
+  def head_request(self):
+    return HeadRequest(sample=True, temperature=self.temperature, entropy=True)
+
   def step(self, view: View, block: BlockState, carry, key):
-    k_sample, _ = jax.random.split(key)  # the key split of LowConfidence/Threshold
-    x0 = gumbel_argmax(k_sample, view.logits, self.temperature)  # [B, Bk]
-    entropy = entropy_of(view.logits)  # [B, Bk] nats
+    del key  # the sample is the view's (the head half of the key, as LowConfidence/Threshold)
+    x0 = view.sample  # [B, Bk]
+    entropy = view.entropy  # [B, Bk] nats
     if self.units == "bits":
       entropy = entropy / math.log(2.0)
-    score = -entropy if self.proxy == "entropy" else probability_of(view.logits, x0)
+    score = -entropy if self.proxy == "entropy" else view.sample_prob
     return x0, eb_commit(entropy, score, block.block_masked, self.gamma), carry

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
+from dlm.kernels.head import HeadRequest
 from dlm.samplers.base import (FixedStepsSampler, check_number, check_positive_int, gumbel_argmax, probability_of,
                                topk_per_row)
 
@@ -56,7 +57,18 @@ class _LLaDABase(FixedStepsSampler):
     if self.eos_rule not in EOS_RULES:
       raise ValueError(f"eos_rule={self.eos_rule!r}; expected one of {EOS_RULES}")
 
-  def _score(self, logits, x0, key):
+  # Whether the score reads the sample's clean probability (LowConfidence) or not (random remasking).
+  _reads_confidence = True
+
+  @property
+  def head_request(self):
+    # The reference eos rule bans the end columns for the confidence but not for the sample (module docstring):
+    # two different distributions over the vocabulary, so that one setting reads the logits.
+    if self.confidence_eos_eot_inf and self.eos_rule == "reference":
+      return HeadRequest(logits=True)
+    return HeadRequest(sample=True, temperature=self.temperature, ban_eos=self.logits_eos_inf)
+
+  def _score(self, x0, conf, key):
     raise NotImplementedError
 
   def _reference_confidence_logits(self, logits, end_ids):
@@ -66,16 +78,22 @@ class _LLaDABase(FixedStepsSampler):
       logits = logits.at[..., jnp.asarray(banned)].set(-jnp.inf)
     return logits
 
+  def _from_logits(self, view: View, block: BlockState, key):
+    """x0 and its confidence under the reference eos rule, from the full logits."""
+    logits = view.logits  # [B, Bk, V]
+    if self.logits_eos_inf:
+      logits = logits.at[..., block.end_ids[0]].set(-jnp.inf)
+    x0 = gumbel_argmax(key, logits, self.temperature)  # [B, Bk]
+    return x0, probability_of(self._reference_confidence_logits(logits, block.end_ids), x0)
+
   def step(self, view: View, block: BlockState, carry, key):
     k_sample, k_score = jax.random.split(key)
-    logits = view.logits  # [B, Bk, V]
-    eos_id = block.end_ids[0]
-    if self.logits_eos_inf:
-      logits = logits.at[..., eos_id].set(-jnp.inf)
-    x0 = gumbel_argmax(k_sample, logits, self.temperature)  # [B, Bk]
-    if self.confidence_eos_eot_inf and self.eos_rule == "reference":
-      logits = self._reference_confidence_logits(logits, block.end_ids)
-    score = self._score(logits, x0, k_score)  # [B, Bk]
+    if view.logits is not None and self.confidence_eos_eot_inf and self.eos_rule == "reference":
+      x0, conf = self._from_logits(view, block, k_sample)
+    else:
+      x0 = view.sample  # [B, Bk]
+      conf = view.sample_prob if self._reads_confidence else None
+    score = self._score(x0, conf, k_score)  # [B, Bk]
     if self.confidence_eos_eot_inf and self.eos_rule == "intent":
       is_end = jnp.isin(x0, jnp.asarray(block.end_ids))
       # Not -inf, which would tie with ineligible slots in top-k: end tokens stay eligible but rank last.
@@ -90,9 +108,9 @@ class _LLaDABase(FixedStepsSampler):
 class LowConfidence(_LLaDABase):
   """Commit the k most confident masked slots; confidence = softmax of the *clean* logits at x0 (not tempered)."""
 
-  def _score(self, logits, x0, key):
-    del key
-    return probability_of(logits, x0)
+  def _score(self, x0, conf, key):
+    del x0, key
+    return conf
 
   @property
   def family(self):
@@ -103,8 +121,10 @@ class LowConfidence(_LLaDABase):
 class RandomRemasking(_LLaDABase):
   """Commit k uniformly random masked slots (LLaDA remasking='random')."""
 
-  def _score(self, logits, x0, key):
-    del logits
+  _reads_confidence = False
+
+  def _score(self, x0, conf, key):
+    del conf
     return jax.random.uniform(key, x0.shape)
 
   @property

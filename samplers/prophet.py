@@ -69,9 +69,13 @@ class Prophet(LowConfidence):
     if self.anchor is not None and self.anchor >= gen_length:
       raise ValueError(f"anchor={self.anchor} must be an answer slot < {gen_length=}")
 
+  @property
+  def head_request(self):
+    return dataclasses.replace(super().head_request, top=2)  # the top-2 logit gap, besides LLaDA's reads
+
   def step(self, view: View, block: BlockState, carry, key):
     x0, commit, carry = super().step(view, block, carry, key)  # [B, G] each; commits only in the active block
-    gap = top2_gap(view.logits)  # [B, G]
+    gap = view.margin  # [B, G] top-1 minus top-2 logit
     g = gap.shape[-1]
     if self.anchor is None:
       counted = block.masked  # [B, G]

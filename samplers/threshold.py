@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.samplers.base import AdaptiveSampler, check_number, gumbel_argmax, probability_of, topk_per_row
+from dlm.kernels.head import HeadRequest
+from dlm.samplers.base import AdaptiveSampler, check_number, topk_per_row
 
 
 def top1_per_row(score: jax.Array, eligible: jax.Array) -> jax.Array:
@@ -74,13 +75,16 @@ class _ParallelBase(AdaptiveSampler):
   Subclasses are frozen dataclasses that declare `temperature` themselves (so their own settings come first).
   """
 
+  @property
+  def head_request(self):
+    return HeadRequest(sample=True, temperature=self.temperature)
+
   def _propose(self, view: View, key: jax.Array):
     """x0 [B, Bk] (Gumbel-max at `temperature`) and its clean-softmax confidence [B, Bk]."""
-    # The same key split as LowConfidence, so that with one commit per step the two agree token for token even
-    # at temperature > 0 (the second key is LowConfidence's 'random' score key, unused here).
-    k_sample, _ = jax.random.split(key)
-    x0 = gumbel_argmax(k_sample, view.logits, self.temperature)  # [B, Bk]
-    return x0, probability_of(view.logits, x0)  # [B, Bk]
+    # The view's sample comes from the step key's head half, as LowConfidence's does, so that with one commit
+    # per step the two agree token for token even at temperature > 0.
+    del key
+    return view.sample, view.sample_prob  # [B, Bk] each
 
 
 @dataclasses.dataclass(frozen=True)

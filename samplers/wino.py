@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, Decision, View
-from dlm.samplers.base import AdaptiveSampler, check_number, gumbel_argmax, probability_of, rank_per_row
+from dlm.kernels.head import HeadRequest
+from dlm.samplers.base import AdaptiveSampler, check_number, rank_per_row
 
 FIRST_LAST_ACCEPT = 30  # the reference's `last_accept` at block entry
 
@@ -83,14 +84,22 @@ class Wino(AdaptiveSampler):
     del block_length, vocab_size
     return jnp.full((batch,), FIRST_LAST_ACCEPT, jnp.int32)  # last_accept per row
 
+  @property
+  def head_request(self):
+    return HeadRequest(sample=True, temperature=self.temperature)
+
+  @property
+  def verify_request(self):
+    return HeadRequest(token_prob=True)  # the leave-one-out probability of each slot's current token
+
   def step(self, view: View, block: BlockState, carry, key):
-    k_sample, _ = jax.random.split(key)
+    del key  # the sample is the view's
     last_accept = jnp.where(block.step == 0, FIRST_LAST_ACCEPT, carry)  # [B]
-    x0 = gumbel_argmax(k_sample, view.logits, self.temperature)  # [B, Bk]
-    draft = wino_draft(probability_of(view.logits, x0), block.masked, self.tau_draft)
+    x0 = view.sample  # [B, Bk]
+    draft = wino_draft(view.sample_prob, block.masked, self.tau_draft)
     accepted = draft.sum(-1).astype(jnp.int32)  # [B]
     committed = ~block.masked  # block slots committed in earlier steps
-    back_conf = probability_of(view.verify, block.tokens)  # [B, Bk] leave-one-out p(current token)
+    back_conf = view.verify.token_prob  # [B, Bk] leave-one-out p(current token)
     revoke = wino_revoke(back_conf, committed, self.tau_verify, last_accept, accepted)
     last_accept = jnp.where(block.active, accepted, last_accept)
     return Decision(tokens=x0, commit=draft, remask=revoke), last_accept

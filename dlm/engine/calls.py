@@ -2,38 +2,57 @@
 
 `NetworkCalls` is built inside a jitted function from the merged network, the prompts and the static engine
 spec.  It owns the canvas geometry (valid mask, positions, the prompt region for CFG's unconditional rows) and
-the cache plan, and exposes the two ways a step can obtain the active block's logits:
+the cache plan, and exposes the two ways a step can obtain the active block's hidden states:
 
-  full(tokens, start)                      every slot recomputed (cache 'none'); under CFG a second forward of
-                                           the prompt-masked canvas, as LLaDA runs it.
-  cached(tokens, kv, start, block, step)   a block-entry refresh (step 0) or a window forward against the cache
-                                           (dlm/engine/cache.py); under CFG one forward of 2B rows.
+  forward + block_hidden(tokens, hidden, start)   every slot recomputed (cache 'none'); under CFG a second forward
+                                                  of the prompt-masked canvas, as LLaDA runs it.
+  cached(tokens, kv, start, block, step)          a block-entry refresh (step 0) or a window forward against the
+                                                  cache (dlm/engine/cache.py); under CFG one forward of 2B rows.
 
-Both return the *raw* block logits [B, Bk, V] (CFG applied, nothing banned) and the hidden states [B, Bk, D] that
-produced them.  `dlm.eval.bench` replays exactly these calls with no sampler work to measure the sampler's cost.
+Both return the view's conditional hidden states [B, N, D] and, under CFG, the unconditional ones; `head` turns
+them into the statistics a sampler asked for (dlm.kernels.head, the fused decode head; CFG combined on the
+logits tile by tile).  `dlm.eval.bench` replays exactly these calls with no sampler work to measure its cost.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
 from dlm.engine.cache import block_slots, empty_cache, full_forward, window_forward
+from dlm.kernels.head import LOGITS, HeadBlocks, HeadRequest, HeadStats, head_statistics
+from dlm.kernels.noise import seed_words
 from dlm.model.transformer import Transformer, positions_from_valid
 
 
-def block_view(net: Transformer, hidden, start, block_length):
-  """Hidden states and logits of slots [start, start + Bk) from full-sequence hidden states [B, L, D]."""
-  hidden_block = jnp.take(hidden, block_slots(start, block_length, net.cfg.logit_shift), axis=1)  # [B, Bk, D]
-  return hidden_block, net.logits(hidden_block, shift=False)
+def block_hidden_of(net: Transformer, hidden, start, block_length):
+  """Hidden states feeding slots [start, start + Bk) from full-sequence hidden states [B, L, D] -> [B, Bk, D]
+  (Dream's logit shift: slot i reads position i - 1)."""
+  return jnp.take(hidden, block_slots(start, block_length, net.cfg.logit_shift), axis=1)
+
+
+def head_key(key: jax.Array) -> jax.Array:
+  """The key of a step's head sample: the first half of `jax.random.split(step_key)`.  A sampler that draws its
+  own randomness uses the second half (as LLaDA's random remasking and MDLM's reveal draws do)."""
+  return jax.random.split(key)[0]
+
+
+def resolve_request(request: HeadRequest, eos_id: int) -> HeadRequest:
+  """A sampler's request with its symbolic bans made concrete for one model."""
+  if not request.ban_eos:
+    return request
+  return dataclasses.replace(request, ban_eos=False, banned=tuple(request.banned) + (eos_id,))
 
 
 class NetworkCalls:
   """The forward programs of one canvas (module docstring).  Built and used inside one jitted function."""
 
   def __init__(self, net: Transformer, prompts, prompt_valid, *, gen_length: int, block_length: int,
-               cfg_scale: float, plan):
+               cfg_scale: float, plan, head_impl: str = "chunked", head_blocks: HeadBlocks | None = None):
     self.net, self.plan, self.cfg_scale = net, plan, cfg_scale
+    self.head_impl, self.head_blocks = head_impl, head_blocks
     self.batch, self.prompt_length = prompts.shape
     self.gen_length, self.block_length = gen_length, block_length
     g = gen_length
@@ -60,9 +79,6 @@ class NetworkCalls:
     """LLaDA's unsupervised CFG input: every prompt position masked.  [B, L] -> [B, L]."""
     return jnp.where(self.prompt_region[None], self.net.cfg.mask_id, tokens)
 
-  def guided(self, logits, un_logits):
-    return un_logits + (self.cfg_scale + 1.0) * (logits - un_logits)
-
   def empty_kv(self):
     if self.plan is None:
       return ()
@@ -75,15 +91,33 @@ class NetworkCalls:
     hidden, _ = self.net(tokens, self.positions, self.valid)
     return hidden
 
-  def block_logits(self, tokens, hidden, start, length: int | None = None):
-    """-> hidden [B, N, D], raw logits [B, N, V] of slots [start, start + N) (N = Bk unless `length` says) from
-    the conditional hidden states, plus CFG's second pass."""
+  def block_hidden(self, tokens, hidden, start, length: int | None = None):
+    """-> hidden [B, N, D] of slots [start, start + N) (N = Bk unless `length` says) from the conditional hidden
+    states, and under CFG the unconditional ones (a second forward), else None."""
     n = self.block_length if length is None else length
-    hidden_block, logits = block_view(self.net, hidden, start, n)
+    hidden_block = block_hidden_of(self.net, hidden, start, n)
+    uncond = None
     if self.cfg_scale > 0:
-      _, un_logits = block_view(self.net, self.forward(self.unconditional(tokens)), start, n)
-      logits = self.guided(logits, un_logits)
-    return hidden_block, logits
+      uncond = block_hidden_of(self.net, self.forward(self.unconditional(tokens)), start, n)
+    return hidden_block, uncond
+
+  def head(self, hidden_block, uncond, request: HeadRequest, *, key=None, tokens=None) -> HeadStats:
+    """The fused decode head over the view: hidden [B, N, D] (+ CFG's unconditional) -> HeadStats [B, N].
+
+    key: the step's key (the sample's noise comes from `head_key(key)`); tokens [B, N]: for token_prob.
+    """
+    net = self.net
+    request = resolve_request(request, net.cfg.eos_id)
+    weight, v_axis = net.head_weight()
+    seed = seed_words(head_key(key)) if request.sample and request.temperature > 0 else None
+    return head_statistics(hidden_block, weight, request, mask_id=net.cfg.mask_id, seed=seed, tokens=tokens,
+                           v_axis=v_axis, dtype=net.cfg.compute_dtype, uncond=uncond, cfg_scale=self.cfg_scale,
+                           impl=self.head_impl, blocks=self.head_blocks)
+
+  def block_logits(self, tokens, hidden, start, length: int | None = None):
+    """-> hidden [B, N, D] and logits [B, N, V] of slots [start, start + N) (CFG applied, the mask id banned)."""
+    hidden_block, uncond = self.block_hidden(tokens, hidden, start, length)
+    return hidden_block, self.head(hidden_block, uncond, LOGITS).logits
 
   def forward_with_shadow(self, tokens, start):
     """WINO's verification pass: the canvas plus Bk shadow rows in one forward (one NFE).
@@ -114,7 +148,7 @@ class NetworkCalls:
     return tokens
 
   def cached(self, tokens, kv, start, block, step):
-    """-> hidden [B, Bk, D], raw logits [B, Bk, V], new cache, canvas positions recomputed per row."""
+    """-> hidden [B, Bk, D], CFG's unconditional hidden [B, Bk, D] or None, new cache, positions recomputed."""
     plan, bk, b = self.plan, self.block_length, self.batch
 
     def refresh(rows, kv, start, block):
@@ -132,9 +166,8 @@ class NetworkCalls:
     programs = [refresh] + [windowed(w) for w in plan.programs]
     which = jnp.where(step == 0, 0, 1 + self.window_branch[block])
     hidden_block, kv = jax.lax.switch(which, programs, self._rows(tokens), kv, start, block)  # [R, Bk, D]
-    logits = self.net.logits(hidden_block, shift=False)  # [R, Bk, V]
+    uncond = None
     if self.cfg_scale > 0:
-      logits = self.guided(logits[:b], logits[b:])
-      hidden_block = hidden_block[:b]
+      hidden_block, uncond = hidden_block[:b], hidden_block[b:]
     width = jnp.where(step == 0, self.prompt_length + self.gen_length, self.window_widths[block])
-    return hidden_block, logits, kv, width
+    return hidden_block, uncond, kv, width

@@ -25,6 +25,7 @@ from flax import nnx
 from dlm.engine.cache import DEFAULT_WINDOW, CachePlan, check_cache, plan_cache
 from dlm.engine.calls import NetworkCalls
 from dlm.engine.state import BlockState, Generation, LoopState, View, as_decision
+from dlm.kernels.head import IMPLEMENTATIONS, LOGITS, HeadBlocks, HeadRequest
 from dlm.model.transformer import Transformer
 from dlm.samplers.base import Sampler
 
@@ -41,6 +42,8 @@ class EngineSpec:
   stop_at_eos: bool = False
   plan: CachePlan | None = None  # window geometry of a cache policy (None for 'none')
   probe: bool = False  # also run a full forward at every step and record the cached prediction's error
+  head: str = "chunked"  # decode head implementation (dlm.kernels.head): 'ref', 'chunked' or 'pallas'
+  head_blocks: HeadBlocks | None = None  # tile sizes of the fused head (None: its defaults)
 
   @property
   def trace_length(self) -> int:
@@ -50,6 +53,17 @@ class EngineSpec:
   @property
   def num_blocks(self) -> int:
     return self.gen_length // self.block_length
+
+
+HEAD_CHOICES = ("auto",) + IMPLEMENTATIONS
+
+
+def resolve_head(head: str) -> str:
+  """'auto' -> the implementation the engine uses by default: the chunked XLA head on every backend (the Pallas
+  kernels are opt-in until they are measured on the device, see docs/perf.md)."""
+  if head not in HEAD_CHOICES:
+    raise ValueError(f"head={head!r}; expected one of {HEAD_CHOICES}")
+  return "chunked" if head == "auto" else head
 
 
 def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window, max_nfe):
@@ -75,6 +89,9 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
   if max_nfe is not None and (not isinstance(max_nfe, int) or max_nfe <= 0):
     raise ValueError(f"{max_nfe=} must be a positive int or None")
   sampler.validate(gen_length, block_length)
+  for name in ("head_request", "verify_request"):
+    if not isinstance(getattr(sampler, name), HeadRequest):
+      raise TypeError(f"sampler.{name} must be a dlm.kernels.HeadRequest, got {getattr(sampler, name)!r}")
   if sampler.view_span not in ("block", "answer"):
     raise ValueError(f"sampler.view_span={sampler.view_span!r}; expected 'block' or 'answer'")
   needs = [what for what, on in (("view_span='answer'", sampler.view_span == "answer"),
@@ -89,7 +106,7 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
 def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler, gen_length: int,
              block_length: int | None = None, cache: str = "none", window: int = DEFAULT_WINDOW,
              max_nfe: int | None = None, key: jax.Array | None = None, record: bool = False,
-             stop_at_eos: bool = False) -> Generation:
+             stop_at_eos: bool = False, head: str = "auto", head_blocks: HeadBlocks | None = None) -> Generation:
   """Fill `gen_length` answer slots after each (left-padded) prompt.
 
   prompts: [B, P] int token ids, left-padded; prompt_valid: [B, P] bool (False on padding; default all True).
@@ -99,16 +116,20 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
   max_nfe: per-row budget of network forward calls (default: what the sampler needs to finish).
   stop_at_eos: a row stops once an end-of-text token is committed with everything before it resolved; the
     slots after it are set to end-of-text and cost nothing.
+  head: the decode head ('auto' = 'chunked': a fused XLA scan over vocabulary tiles that writes no [B, Bk, V]
+    logits unless the sampler asks for them; 'ref' materialises them; 'pallas' runs kernels/head_pallas.py).
+    Every implementation gives the sampler the same statistics (the same sample for the same key).
   """
   args, statics = _prepare(model, prompts, prompt_valid, sampler=sampler, gen_length=gen_length,
                            block_length=block_length, cache=cache, window=window, max_nfe=max_nfe, key=key,
-                           record=record, stop_at_eos=stop_at_eos)
+                           record=record, stop_at_eos=stop_at_eos, head=head, head_blocks=head_blocks)
   out, _ = _generate_jit(*args, **statics)
   return out.replace(prompt_length=args[2].shape[1])
 
 
 def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_length=None, cache="none",
-             window=DEFAULT_WINDOW, max_nfe=None, key=None, record=False, stop_at_eos=False, probe=False):
+             window=DEFAULT_WINDOW, max_nfe=None, key=None, record=False, stop_at_eos=False, probe=False,
+             head="auto", head_blocks=None):
   """Check the arguments -> (positional args, static kwargs) of `_generate_jit` (also used to time its compile)."""
   prompts = jnp.asarray(prompts)
   if prompt_valid is not None:
@@ -125,7 +146,8 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
                                                  block_length=block_length, shift=model.cfg.logit_shift,
                                                  window=window)
   spec = EngineSpec(gen_length=gen_length, block_length=block_length, history_length=history_length,
-                    cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache != "none")
+                    cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache != "none",
+                    head=resolve_head(head), head_blocks=head_blocks)
   key = jax.random.key(0) if key is None else key
   graphdef, state = nnx.split(model)
   # The budget is a traced argument, so sweeping max_nfe reuses one compiled program.
@@ -149,15 +171,15 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
   g, bk = spec.gen_length, spec.block_length
   plan = spec.plan
   calls = NetworkCalls(net, prompts, prompt_valid, gen_length=g, block_length=bk, cfg_scale=sampler.cfg_scale,
-                       plan=plan)
+                       plan=plan, head_impl=spec.head, head_blocks=spec.head_blocks)
   tokens0 = calls.initial_tokens(prompts)  # [B, L]
   forwards_per_step = calls.forwards_per_step
 
-  def to_view(logits, hidden_block):
-    # A slot committed to the mask id would stay unresolved forever, so no sampler may propose it (MDLM's SUBS
-    # does the same; LLaDA and Dream leave it, but their trained networks give it ~zero probability).
-    logits = logits.at[..., cfg.mask_id].set(-jnp.inf)
-    return View(logits=logits, hidden=hidden_block)
+  def to_view(hidden_block, uncond, request, key, view_tokens):
+    # The head bans the mask id: a slot committed to it would stay unresolved forever, so no sampler may propose
+    # it (MDLM's SUBS does the same; LLaDA and Dream leave it, but their trained networks give it ~zero mass).
+    stats = calls.head(hidden_block, uncond, request, key=key, tokens=view_tokens)
+    return View(logits=stats.logits, hidden=hidden_block, stats=stats.replace(logits=None))
 
   # No-change reuse (MDLM's cache) only with cache='none': under a KV cache a skipped step would also skip the
   # cache bookkeeping (a block-entry refresh could be skipped), and the cached policies already make steps cheap.
@@ -198,13 +220,15 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
     active = ~s.done & (block_masked.any(-1) | s.hold)
     entry_masked = jnp.where(s.step == 0, block_masked.sum(-1).astype(jnp.int32), s.entry_masked)
     kv, probe = s.kv, s.probe
+    key, k_step = jax.random.split(s.key)
     if plan is not None:
-      hidden_block, logits, kv, width = calls.cached(s.tokens, s.kv, start, s.block, s.step)
-      view = to_view(logits, hidden_block)
+      hidden_block, uncond, kv, width = calls.cached(s.tokens, s.kv, start, s.block, s.step)
+      view = to_view(hidden_block, uncond, sampler.head_request, k_step, blk)
       ran, charged = True, active
       if spec.probe:
         _, full_logits = calls.block_logits(s.tokens, calls.forward(s.tokens), start)
-        gap = jnp.abs(logits - full_logits).max(-1)  # [B, Bk]
+        logits = calls.head(hidden_block, uncond, LOGITS).logits
+        gap = jnp.where(jnp.isfinite(full_logits), jnp.abs(logits - full_logits), 0.0).max(-1)  # [B, Bk]
         gap = jnp.where(masked & active[:, None], gap, 0.0).max(-1)  # [B]
         row = jnp.minimum(s.iteration, t - 1)
         probe = dict(gap=jnp.maximum(probe["gap"], gap), trace=probe["trace"].at[row].set(gap.max()),
@@ -224,11 +248,11 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
       else:
         hidden = calls.forward(s.tokens)
         ran, charged = True, active
-      hidden_block, logits = calls.block_logits(s.tokens, hidden, vs, bv)
-      view = to_view(logits, hidden_block)
+      hidden_block, uncond = calls.block_hidden(s.tokens, hidden, vs, bv)
+      view = to_view(hidden_block, uncond, sampler.head_request, k_step, blk)
       if shadow is not None:
-        view = view.replace(verify=to_view(net.logits(shadow, shift=False), shadow).logits)
-    key, k_step = jax.random.split(s.key)
+        shadow_tokens = jax.lax.dynamic_slice_in_dim(s.tokens, start, bk, axis=1)  # [B, Bk]
+        view = view.replace(verify=to_view(shadow, None, sampler.verify_request, k_step, shadow_tokens))
     block_state = BlockState(tokens=blk, masked=masked, active=active, entry_masked=entry_masked, step=s.step,
                              block=s.block, num_blocks=spec.num_blocks, block_length=bk, mask_id=cfg.mask_id,
                              end_ids=cfg.end_ids, in_block=in_block if answer_view else None)

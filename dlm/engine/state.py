@@ -12,16 +12,77 @@ class View:
   """What the network tells a sampler about the slots it sees (the active block, or the whole answer when the
   sampler's `view_span` is "answer"); Bv below is Bk or G accordingly.
 
-  logits: [B, Bv, V] float32 (Dream's shift already applied; the mask id banned).
-  hidden: [B, Bv, D] final hidden states feeding those logits (for learned heads).
-  verify: [B, Bk, V] or None: with a sampler's `verify_rows`, the logits of the block's leave-one-out shadow rows
-    (WINO): row i sees the canvas with block slot i hidden (dlm.engine.calls.NetworkCalls.forward_with_shadow).
+  The engine fills what the sampler's `head_request` (a `dlm.kernels.HeadRequest`) asks for, through one fused
+  head that writes no [B, Bv, V] logits unless they are asked for (docs/design.md §1, item 4):
+  stats: `HeadStats` with leading shape [B, Bv]; read it through the properties below (sample, sample_prob,
+    top1, top1_prob, top2_prob, margin, entropy, token_prob, topk_ids, topk_probs).
+  logits: [B, Bv, V] float32 (Dream's shift already applied; the mask id banned), only when the request says
+    `logits=True`; None otherwise.
+  hidden: [B, Bv, D] final hidden states feeding those statistics (for learned heads; CFG's unconditional pass
+    is not included).
+  verify: with a sampler's `verify_rows`, the View of the block's leave-one-out shadow rows (WINO), filled per
+    the sampler's `verify_request`: row i sees the canvas with block slot i hidden
+    (dlm.engine.calls.NetworkCalls.forward_with_shadow); its `token_prob` is of the block's current tokens.
   Unused fields cost nothing: everything is traced in one program and XLA drops what no one reads.
   """
 
-  logits: jax.Array
-  hidden: jax.Array
-  verify: jax.Array | None = None
+  logits: jax.Array | None
+  hidden: jax.Array | None
+  verify: "View | None" = None
+  stats: object = None  # dlm.kernels.HeadStats [B, Bv]
+
+  def _need(self, field: str, what: str):
+    value = None if self.stats is None else getattr(self.stats, field)
+    if value is None:
+      raise ValueError(f"View.{what} was not computed: the sampler's head_request does not ask for it")
+    return value
+
+  @property
+  def sample(self) -> jax.Array:
+    """[B, Bv] int32 Gumbel-max sample at the request's temperature (greedy at 0)."""
+    return self._need("sample", "sample")
+
+  @property
+  def sample_prob(self) -> jax.Array:
+    """[B, Bv] clean-softmax probability of `sample` (LLaDA's confidence)."""
+    return self.stats.prob(self._need("sample_logit", "sample_prob"))
+
+  @property
+  def top1(self) -> jax.Array:
+    """[B, Bv] int32 most likely token."""
+    return self._need("top_ids", "top1")[..., 0]
+
+  @property
+  def top1_prob(self) -> jax.Array:
+    return self.stats.prob(self._need("top_logits", "top1_prob")[..., 0])
+
+  @property
+  def top2_prob(self) -> jax.Array:
+    return self.stats.prob(self._need("top_logits", "top2_prob")[..., 1])
+
+  @property
+  def margin(self) -> jax.Array:
+    """[B, Bv] top-1 minus top-2 *logit* (Prophet's gap)."""
+    top = self._need("top_logits", "margin")
+    return top[..., 0] - top[..., 1]
+
+  @property
+  def topk_ids(self) -> jax.Array:
+    return self._need("top_ids", "topk_ids")
+
+  @property
+  def topk_probs(self) -> jax.Array:
+    return self.stats.prob(self._need("top_logits", "topk_probs"))
+
+  @property
+  def entropy(self) -> jax.Array:
+    """[B, Bv] entropy of the clean softmax in nats."""
+    return self._need("entropy", "entropy")
+
+  @property
+  def token_prob(self) -> jax.Array:
+    """[B, Bv] clean probability of the view's current tokens (requests with token_prob)."""
+    return self.stats.prob(self._need("token_logit", "token_prob"))
 
 
 @flax.struct.dataclass

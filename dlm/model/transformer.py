@@ -169,6 +169,13 @@ class Transformer(nnx.Module):
     hidden = self.final_norm(x)
     return hidden, KVCache(keys=jnp.stack(new_k), values=jnp.stack(new_v))
 
+  def head_weight(self) -> tuple[jax.Array, int]:
+    """The vocabulary head's matrix and its vocabulary axis: ([D, V], 1) for a Linear head, ([V, D], 0) tied.
+    The fused decode head (dlm.kernels.head) reads it in place, without a transposed copy."""
+    if self.cfg.tie_embeddings:
+      return self.embed.embedding[...], 0
+    return self.head.kernel[...], 1
+
   def logits(self, hidden: jax.Array, *, shift: bool | None = None) -> jax.Array:
     """[B, W, D] -> [B, W, V] float32.
 
