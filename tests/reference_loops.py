@@ -10,7 +10,16 @@ import jax
 import numpy as np
 
 from dlm.model.transformer import positions_from_valid
-from dlm.samplers.base import exponential_hires
+from dlm.kernels.noise import counter_exponential, seed_words
+
+
+def exponential_noise(key, shape):
+  """The engine's Exp(1) noise for logits of `shape` [..., V]: counter noise keyed by (row, token), rows the
+  flattened leading index (kernels/noise.py)."""
+  lead, vocab = shape[:-1], shape[-1]
+  rows = np.arange(int(np.prod(lead)), dtype=np.int32).reshape(*lead, 1)
+  tokens = np.arange(vocab, dtype=np.int32)
+  return counter_exponential(seed_words(key), jax.numpy.asarray(rows), jax.numpy.asarray(tokens))
 
 
 def make_forward(model):
@@ -56,7 +65,7 @@ def llada_reference(model, prompts, valid, *, steps, gen_length, block_length, t
       if temperature == 0:
         x0 = logits.argmax(-1)
       else:
-        noise = np.asarray(exponential_hires(k_sample, logits.shape), np.float64)
+        noise = np.asarray(exponential_noise(k_sample, logits.shape), np.float64)
         x0 = (logits - temperature * np.log(noise)).argmax(-1)
       if remasking == "low_confidence":
         conf = np.take_along_axis(softmax(logits), x0[..., None], -1)[..., 0]
@@ -87,7 +96,7 @@ def ancestral_reference(model, prompts, valid, *, steps, gen_length, temperature
     k_tok, k_reveal = jax.random.split(k_step)
     logits = fwd(x, full_valid)[:, p:]
     logits[..., m_id] = -np.inf
-    noise = np.asarray(exponential_hires(k_tok, logits.shape), np.float64)
+    noise = np.asarray(exponential_noise(k_tok, logits.shape), np.float64)
     x0 = (logits - temperature * np.log(noise)).argmax(-1)
     t, s = 1 - i / steps, 1 - (i + 1) / steps
     prob = 1.0 if i == steps - 1 else (t - s) / t

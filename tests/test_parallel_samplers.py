@@ -20,6 +20,7 @@ from dlm.model.config import tiny_llada
 from dlm.model.transformer import init_model
 from dlm.samplers import (Credit, Dilated, DreamSampler, Factor, Hierarchy, LowConfidence, Threshold,
                           make_sampler)
+from dlm.samplers.base import drive_step
 from dlm.samplers.dinfer import run_best
 from dlm.samplers.dream import (entropy_confidence, filter_logits, maskgit_plus_confidence,
                                 topk_margin_confidence)
@@ -56,7 +57,7 @@ def state_of(masked, step=0, num_blocks=1, active=None) -> BlockState:
                     mask_id=MASK, end_ids=(EOS,))
 
 
-_jit_step = jax.jit(lambda view, state, carry, key, sampler: sampler.step(view, state, carry, key),
+_jit_step = jax.jit(lambda view, state, carry, key, sampler: drive_step(sampler, view, state, carry, key),
                     static_argnames="sampler")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from dlm.engine import BlockState, View, generate
 from dlm.engine.metrics import peer_token_counts
 from dlm.samplers import Ancestral, LowConfidence, Threshold
+from dlm.samplers.base import drive_step
 from dlm.schedules import cosine_grid_np
 from tests.conftest import PROMPTS, VALID
 
@@ -53,7 +54,7 @@ def _llada_confidence_np(probs, x0, banned):
 
 
 def _first_commit(sampler, logits, seed=0):
-  tokens, commit, _ = jax.jit(lambda v, s, k: sampler.step(v, s, (), k))(
+  tokens, commit, _ = jax.jit(lambda v, s, k: drive_step(sampler, v, s, (), k))(
       View(logits=logits, hidden=jnp.zeros((1, 3, 1))), _state(3), jax.random.key(seed))
   return np.asarray(tokens), np.flatnonzero(np.asarray(commit)[0]).tolist()
 

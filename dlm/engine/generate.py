@@ -25,6 +25,7 @@ from flax import nnx
 from dlm.engine.cache import DEFAULT_WINDOW, CachePlan, check_cache, plan_cache
 from dlm.engine.calls import NetworkCalls
 from dlm.engine.state import BlockState, Generation, LoopState, View, as_decision
+from dlm.kernels.attention import ATTENTION_IMPLS
 from dlm.kernels.head import IMPLEMENTATIONS, LOGITS, HeadBlocks, HeadRequest
 from dlm.model.transformer import Transformer
 from dlm.samplers.base import Sampler
@@ -44,6 +45,7 @@ class EngineSpec:
   probe: bool = False  # also run a full forward at every step and record the cached prediction's error
   head: str = "chunked"  # decode head implementation (dlm.kernels.head): 'ref', 'chunked' or 'pallas'
   head_blocks: HeadBlocks | None = None  # tile sizes of the fused head (None: its defaults)
+  attention: str = "xla"  # attention backend (dlm.kernels.attention)
 
   @property
   def trace_length(self) -> int:
@@ -56,6 +58,7 @@ class EngineSpec:
 
 
 HEAD_CHOICES = ("auto",) + IMPLEMENTATIONS
+ATTENTION_CHOICES = ("auto",) + ATTENTION_IMPLS
 
 
 def resolve_head(head: str) -> str:
@@ -64,6 +67,13 @@ def resolve_head(head: str) -> str:
   if head not in HEAD_CHOICES:
     raise ValueError(f"head={head!r}; expected one of {HEAD_CHOICES}")
   return "chunked" if head == "auto" else head
+
+
+def resolve_attention(attention: str) -> str:
+  """'auto' -> 'xla' on every backend: cuDNN and splash are opt-in until they are measured on a device."""
+  if attention not in ATTENTION_CHOICES:
+    raise ValueError(f"attention={attention!r}; expected one of {ATTENTION_CHOICES}")
+  return "xla" if attention == "auto" else attention
 
 
 def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window, max_nfe):
@@ -106,7 +116,8 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
 def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler, gen_length: int,
              block_length: int | None = None, cache: str = "none", window: int = DEFAULT_WINDOW,
              max_nfe: int | None = None, key: jax.Array | None = None, record: bool = False,
-             stop_at_eos: bool = False, head: str = "auto", head_blocks: HeadBlocks | None = None) -> Generation:
+             stop_at_eos: bool = False, head: str = "auto", head_blocks: HeadBlocks | None = None,
+             attention: str = "auto") -> Generation:
   """Fill `gen_length` answer slots after each (left-padded) prompt.
 
   prompts: [B, P] int token ids, left-padded; prompt_valid: [B, P] bool (False on padding; default all True).
@@ -119,17 +130,19 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
   head: the decode head ('auto' = 'chunked': a fused XLA scan over vocabulary tiles that writes no [B, Bk, V]
     logits unless the sampler asks for them; 'ref' materialises them; 'pallas' runs kernels/head_pallas.py).
     Every implementation gives the sampler the same statistics (the same sample for the same key).
+  attention: the attention backend ('auto' = 'xla'; 'dot_product', 'cudnn', 'splash': dlm.kernels.attention).
   """
   args, statics = _prepare(model, prompts, prompt_valid, sampler=sampler, gen_length=gen_length,
                            block_length=block_length, cache=cache, window=window, max_nfe=max_nfe, key=key,
-                           record=record, stop_at_eos=stop_at_eos, head=head, head_blocks=head_blocks)
+                           record=record, stop_at_eos=stop_at_eos, head=head, head_blocks=head_blocks,
+                           attention=attention)
   out, _ = _generate_jit(*args, **statics)
   return out.replace(prompt_length=args[2].shape[1])
 
 
 def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_length=None, cache="none",
              window=DEFAULT_WINDOW, max_nfe=None, key=None, record=False, stop_at_eos=False, probe=False,
-             head="auto", head_blocks=None):
+             head="auto", head_blocks=None, attention="auto"):
   """Check the arguments -> (positional args, static kwargs) of `_generate_jit` (also used to time its compile)."""
   prompts = jnp.asarray(prompts)
   if prompt_valid is not None:
@@ -147,7 +160,7 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
                                                  window=window)
   spec = EngineSpec(gen_length=gen_length, block_length=block_length, history_length=history_length,
                     cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache != "none",
-                    head=resolve_head(head), head_blocks=head_blocks)
+                    head=resolve_head(head), head_blocks=head_blocks, attention=resolve_attention(attention))
   key = jax.random.key(0) if key is None else key
   graphdef, state = nnx.split(model)
   # The budget is a traced argument, so sweeping max_nfe reuses one compiled program.
@@ -166,6 +179,8 @@ def _first_end(answer, end_ids):
 def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sampler: Sampler, spec: EngineSpec):
   """-> (Generation, aux): aux holds the loop's iteration counts (and the divergence probe) for bench/reports."""
   net: Transformer = nnx.merge(graphdef, state)
+  if spec.attention != "xla":
+    net.set_attention(spec.attention)
   cfg = net.cfg
   b, p = prompts.shape
   g, bk = spec.gen_length, spec.block_length

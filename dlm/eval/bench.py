@@ -7,10 +7,12 @@
                   generated tokens (up to and including the first end-of-text) summed over the batch;
                   tps = tokens / wall_s; tpf = tokens / total NFE over the batch.
   tokens_computed_mean: mean per row of the canvas positions the network recomputed (Generation.tokens_computed).
+  head, temp_bytes  the decode head implementation, and the compiled program's temporary buffer bytes from XLA's
+                  memory analysis (the peak working memory beside weights, arguments and outputs).
   iterations      loop iterations of the run (a batch step; rows in lockstep), block_iterations per block.
   replay_s        median wall of the *replay*: one compiled program that makes exactly the network calls the run
                   made (`dlm.engine.calls.NetworkCalls`: the same forward programs, cache windows, number of
-                  iterations per block, inside one loop, the head's [B, Bk, V] logits included) and no sampler
+                  iterations per block, inside one loop, the sampler's head statistics included) and no sampler
                   work.  Each iteration writes one canvas slot so that no call is loop-invariant.
   overhead_ratio  wall_s / replay_s: >= 1 up to timing noise; the excess is what the sampler, the engine's
                   bookkeeping (commits, counts, end-of-text checks) and the loop cost beside the network.
@@ -32,34 +34,51 @@ from flax import nnx
 from dlm.engine.cache import DEFAULT_WINDOW
 from dlm.engine.calls import NetworkCalls
 from dlm.engine.generate import EngineSpec, _generate_jit, _prepare
+from dlm.kernels.head import LOGITS, HeadRequest
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "spec", "cfg_scale", "answer_view", "verify"))
-def _replay_jit(graphdef, state, prompts, prompt_valid, block_iterations, calls_made, *, spec: EngineSpec,
-                cfg_scale: float, answer_view: bool = False, verify: bool = False):
-  """The run's network calls and nothing else -> a scalar that depends on every call's logits.
+def _fold(stats) -> jax.Array:
+  """A scalar that depends on every statistic the head returned (so none of them is dead code)."""
+  total = jnp.float32(0)
+  for leaf in jax.tree.leaves(stats):
+    total = total + jnp.sum(jnp.where(jnp.isfinite(leaf), leaf, 0).astype(jnp.float32))
+  return total
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec", "cfg_scale", "answer_view", "verify", "request",
+                                             "verify_request"))
+def _replay_jit(graphdef, state, prompts, prompt_valid, block_iterations, calls_made, key, *, spec: EngineSpec,
+                cfg_scale: float, answer_view: bool = False, verify: bool = False, request: HeadRequest = LOGITS,
+                verify_request: HeadRequest = LOGITS):
+  """The run's network calls and nothing else -> a scalar that depends on every head statistic.
 
   answer_view / verify mirror the sampler's `view_span == "answer"` (the head over every answer slot) and
-  `verify_rows` (the forward with WINO's shadow rows, and the head over them)."""
+  `verify_rows` (the forward with WINO's shadow rows, and the head over them); request / verify_request are the
+  sampler's head requests, computed by the run's head implementation."""
   net = nnx.merge(graphdef, state)
+  if spec.attention != "xla":
+    net.set_attention(spec.attention)
   calls = NetworkCalls(net, prompts, prompt_valid, gen_length=spec.gen_length, block_length=spec.block_length,
-                       cfg_scale=cfg_scale, plan=spec.plan)
+                       cfg_scale=cfg_scale, plan=spec.plan, head_impl=spec.head, head_blocks=spec.head_blocks)
   p, bk, last_block = prompts.shape[1], spec.block_length, spec.num_blocks - 1
 
-  def body(_, c):
+  def body(i, c):
     tokens, kv, block, step, acc = c
     start = p + block * bk
+    k_step = jax.random.fold_in(key, i)
+    view_start, view_length = (p, spec.gen_length) if answer_view else (start, bk)
     if spec.plan is None:
       if verify:
         hidden, shadow = calls.forward_with_shadow(tokens, start)
-        acc = acc + jnp.sum(net.logits(shadow, shift=False), dtype=jnp.float32)
+        shadow_tokens = jax.lax.dynamic_slice_in_dim(tokens, start, bk, axis=1)
+        acc = acc + _fold(calls.head(shadow, None, verify_request, key=k_step, tokens=shadow_tokens))
       else:
         hidden = calls.forward(tokens)
-      view_start, view_length = (p, spec.gen_length) if answer_view else (start, bk)
-      _, logits = calls.block_logits(tokens, hidden, view_start, view_length)
+      hidden_block, uncond = calls.block_hidden(tokens, hidden, view_start, view_length)
     else:
-      _, logits, kv, _ = calls.cached(tokens, kv, start, block, step)
-    acc = acc + jnp.sum(logits, dtype=jnp.float32)  # reads every logit, so the head is computed in full
+      hidden_block, uncond, kv, _ = calls.cached(tokens, kv, start, block, step)
+    view_tokens = jax.lax.dynamic_slice_in_dim(tokens, view_start, view_length, axis=1)
+    acc = acc + _fold(calls.head(hidden_block, uncond, request, key=k_step, tokens=view_tokens))
     tokens = jax.lax.dynamic_update_slice_in_dim(
         tokens, jnp.full((tokens.shape[0], 1), net.cfg.eos_id, jnp.int32), start + jnp.minimum(step, bk - 1), axis=1)
     done = step + 1 >= block_iterations[block]
@@ -72,28 +91,32 @@ def _replay_jit(graphdef, state, prompts, prompt_valid, block_iterations, calls_
 
 def bench(model, prompts, valid=None, *, sampler, gen_length: int, block_length: int | None = None,
           cache: str = "none", window: int = DEFAULT_WINDOW, repeats: int = 3, key: jax.Array | None = None,
-          max_nfe: int | None = None) -> dict:
+          max_nfe: int | None = None, head: str = "auto", head_blocks=None, attention: str = "auto") -> dict:
   """Compile once, run `repeats` times beside the replay of its network calls; -> a JSON-ready dict (module
-  docstring)."""
+  docstring).  head / head_blocks: the decode head implementation (`generate`'s options)."""
   if not isinstance(repeats, int) or repeats <= 0:
     raise ValueError(f"{repeats=} must be a positive int")
   prompts = jnp.asarray(prompts, jnp.int32)
   valid = jnp.ones(prompts.shape, bool) if valid is None else jnp.asarray(valid, bool)
   args, statics = _prepare(model, prompts, valid, sampler=sampler, gen_length=gen_length,
-                           block_length=block_length, cache=cache, window=window, max_nfe=max_nfe, key=key)
+                           block_length=block_length, cache=cache, window=window, max_nfe=max_nfe, key=key,
+                           head=head, head_blocks=head_blocks, attention=attention)
   spec = statics["spec"]
   t0 = time.perf_counter()
   compiled = _generate_jit.lower(*args, **statics).compile()
   compile_s = time.perf_counter() - t0
+  memory = compiled.memory_analysis()
+  temp_bytes = None if memory is None else int(memory.temp_size_in_bytes)
   dynamic = args[1:]  # the compiled program takes the traced arguments only (graphdef is static)
 
   out, aux = jax.block_until_ready(compiled(*dynamic))  # warm-up
   # With no-change reuse (cache 'none' only) a skipped iteration made no call: replay the calls made.
   block_iterations = np.asarray(aux["block_iterations"])
   iterations, calls_made = int(aux["iterations"]), int(out.batch_nfe)
-  replay_args = (*args[:4], jnp.asarray(block_iterations, jnp.int32), jnp.int32(calls_made))
+  replay_args = (*args[:4], jnp.asarray(block_iterations, jnp.int32), jnp.int32(calls_made), args[4])
   replay = functools.partial(_replay_jit, spec=spec, cfg_scale=float(sampler.cfg_scale),
-                             answer_view=sampler.view_span == "answer", verify=bool(sampler.verify_rows))
+                             answer_view=sampler.view_span == "answer", verify=bool(sampler.verify_rows),
+                             request=sampler.head_request, verify_request=sampler.verify_request)
   jax.block_until_ready(replay(*replay_args))  # compile and warm up
   walls, replay_walls = [], []
   for _ in range(repeats):  # interleaved, so a load change on the machine hits both sides alike
@@ -108,6 +131,7 @@ def bench(model, prompts, valid=None, *, sampler, gen_length: int, block_length:
   tokens = int(np.asarray(out.gen_tokens).sum())
   return dict(
       cache=cache, window=window if cache == "window" else None, device=jax.devices()[0].device_kind,
+      head=spec.head, attention=spec.attention, temp_bytes=temp_bytes,
       batch=int(prompts.shape[0]), prompt_length=int(prompts.shape[1]), compile_s=compile_s, wall_s=wall_s,
       walls=walls, replay_walls=replay_walls, nfe_mean=float(nfe.mean()), batch_nfe=int(out.batch_nfe), tokens=tokens, tps=tokens / wall_s,
       tpf=tokens / max(int(nfe.sum()), 1), tokens_computed_mean=float(np.asarray(out.tokens_computed).mean()),

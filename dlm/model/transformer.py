@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm.kernels.attention import attend, check_attention
 from dlm.model.config import ModelConfig
 
 
@@ -77,6 +78,7 @@ class Attention(nnx.Module):
     self.k_proj = _linear(cfg.d_model, hkv * dh, cfg.qkv_bias, cfg, rngs)
     self.v_proj = _linear(cfg.d_model, hkv * dh, cfg.qkv_bias, cfg, rngs)
     self.o_proj = _linear(h * dh, cfg.d_model, False, cfg, rngs)
+    self.impl = "xla"  # attention backend (dlm.kernels.attention); static, set through Transformer.set_attention
 
   def __call__(self, x, positions, valid, layer_cache, window_start):
     cfg = self.cfg
@@ -90,14 +92,8 @@ class Attention(nnx.Module):
       start = (0, window_start, 0, 0)
       k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)  # [B, L, Hkv, Dh]
       v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-    group = h // hkv
-    qg = q.reshape(b, w, hkv, group, dh)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) / jnp.sqrt(
-        jnp.float32(dh))  # [B, Hkv, G, W, L]
-    allowed = valid[:, None, None, None, :] if valid.ndim == 2 else valid[:, None, None, :, :]  # [B, 1, 1, W|1, L]
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, w, h * dh)
+    allowed = valid[:, None, :] if valid.ndim == 2 else valid  # [B, 1|W, L]
+    out = attend(q, k, v, allowed, self.impl).reshape(b, w, h * dh)
     return self.o_proj(out), (k, v)
 
 
@@ -139,6 +135,13 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
     if not cfg.tie_embeddings:
       self.head = _linear(cfg.d_model, cfg.vocab_size, False, cfg, rngs)
+
+  def set_attention(self, impl: str) -> "Transformer":
+    """Choose the attention backend of every layer (dlm.kernels.attention.ATTENTION_IMPLS); returns self."""
+    check_attention(impl)
+    for layer in self.layers:
+      layer.attn.impl = impl
+    return self
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     """[B, W] int -> [B, W, D]; also the table that soft inputs mix."""
