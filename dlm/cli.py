@@ -189,12 +189,44 @@ def cmd_sample(args):
     print(line)
 
 
+RANDOM_MODEL = dict(vocab_size=126464, d_model=256, n_layers=2, n_heads=4, mlp_hidden=512, max_len=1024,
+                    mask_id=126336, eos_id=126081, eot_id=126348)  # LLaDA-8B's vocabulary and special ids
+
+
+def _random_model(items: list[str], dtype: str | None):
+  """A randomly initialised network: LLaDA's vocabulary at a small depth, overridden by KEY=VALUE items."""
+  from dlm.model.config import ModelConfig
+  from dlm.model.transformer import init_model
+  fields = dict(RANDOM_MODEL)
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or key not in ModelConfig.__dataclass_fields__:
+      raise ValueError(f"--random-model {item!r}: expected KEY=VALUE with KEY a ModelConfig field "
+                       f"(e.g. vocab_size=32768)")
+    fields[key] = _parse_value(value)
+  given = {item.partition("=")[0] for item in items}
+  if "vocab_size" in given:  # special ids at the top of a smaller vocabulary unless given
+    for offset, name in enumerate(("mask_id", "eos_id", "eot_id"), start=1):
+      if name not in given:
+        fields[name] = fields["vocab_size"] - offset
+  if dtype is not None:
+    fields.update(dtype=dtype, param_dtype=dtype)
+  cfg = ModelConfig(**fields)
+  return init_model(cfg, seed=0), "random(" + ",".join(f"{k}={v}" for k, v in fields.items()) + ")"
+
+
 def cmd_bench(args):
   import jax
   import numpy as np
   from dlm.eval.bench import bench
+  from dlm.kernels.head import HeadBlocks
   from dlm.samplers import make_sampler
-  model, name = _load_model(args.model, args.dtype)
+  if args.random_model is not None:
+    if args.model is not None:
+      raise ValueError("give either --model or --random-model, not both")
+    model, name = _random_model(args.random_model, args.dtype)
+  else:
+    model, name = _load_model(args.model, args.dtype)
   settings = _settings(args.set)
   import dataclasses
   from dlm.samplers.registry import SAMPLERS
@@ -207,7 +239,9 @@ def cmd_bench(args):
   prompts[prompts == model.cfg.mask_id] = 3
   valid = np.ones_like(prompts, bool)
   result = bench(model, prompts, valid, sampler=sampler, gen_length=args.gen_length, block_length=args.block_length,
-                 cache=args.cache, window=args.window, repeats=args.repeats)
+                 cache=args.cache, window=args.window, repeats=args.repeats, head=args.head,
+                 head_blocks=None if args.head_block_v is None else HeadBlocks(block_v=args.head_block_v),
+                 attention=args.attention)
   result.update(model=name, sampler=args.sampler, settings=sampler.settings(), batch=args.batch,
                 gen_length=args.gen_length, block_length=args.block_length, cache=args.cache,
                 window=args.window if args.cache == "window" else None, device=str(jax.devices()[0].device_kind),
@@ -223,6 +257,7 @@ def cmd_bench(args):
 
 def main(argv=None):
   from dlm.engine.cache import CACHE_POLICIES
+  from dlm.engine.generate import ATTENTION_CHOICES, HEAD_CHOICES
   from dlm.samplers.registry import SAMPLERS
   from dlm.tasks import TASKS
   sampler_name, task_name = _choice("sampler", SAMPLERS), _choice("task", TASKS)
@@ -284,6 +319,14 @@ def main(argv=None):
   p.add_argument("--window", type=nonnegative_int, default=16,
                  help="tokens recomputed on each side of the block (cache window)")
   p.add_argument("--repeats", type=positive_int, default=3)
+  p.add_argument("--head", default="auto", type=_choice("head", HEAD_CHOICES),
+                 help="decode head: auto (= chunked) | ref (materialised logits) | chunked | pallas")
+  p.add_argument("--head-block-v", type=positive_int, default=None, help="vocabulary tile of the fused head")
+  p.add_argument("--attention", default="auto", type=_choice("attention backend", ATTENTION_CHOICES),
+                 help="auto (= xla) | xla | dot_product | cudnn (NVIDIA GPU) | splash (TPU)")
+  p.add_argument("--random-model", nargs="*", default=None, metavar="KEY=VALUE",
+                 help="a random network with LLaDA-8B's vocabulary at small depth instead of --model; "
+                      "KEY=VALUE overrides its ModelConfig")
   p.set_defaults(fn=cmd_bench)
 
   p = sub.add_parser("convert", help="convert between Hugging Face folders and dlm's format")

@@ -131,7 +131,10 @@ def _tile_logits(hidden, weight, start, size: int, v_axis: int, dtype):
   """Logits of vocabulary ids [start, start + size): [N, D] x weight -> [N, size] float32."""
   w = jax.lax.dynamic_slice_in_dim(weight, start, size, axis=v_axis).astype(dtype)
   contract = ((1,), (1,)) if v_axis == 0 else ((1,), (0,))
-  return jax.lax.dot_general(hidden.astype(dtype), w, (contract, ((), ()))).astype(jnp.float32)
+  # Accumulate in float32, then round to the compute dtype as the network's own bf16 head does; explicit, so XLA
+  # cannot fold the rounding away in one implementation and keep it in another.
+  out = jax.lax.dot_general(hidden.astype(dtype), w, (contract, ((), ())), preferred_element_type=jnp.float32)
+  return out.astype(dtype).astype(jnp.float32)
 
 
 def _guided_tile_logits(hidden, uncond, weight, start, size: int, v_axis: int, dtype, cfg_scale: float):
