@@ -227,9 +227,14 @@ def head_pallas(hidden, weight, request: HeadRequest, *, mask_id: int, seed=None
   kernel = functools.partial(_kernel, request=request, fields=fields, has_uncond=uncond is not None,
                              has_seed=has_seed, has_tokens=request.token_prob, backend=backend,
                              num_tiles=full_tiles, static=static)
+  extra = {}
+  if backend == "tpu" and not interpret:
+    from jax.experimental.pallas import tpu as pltpu
+    # Row tiles are independent (megacore may split them); the vocabulary axis accumulates in order.
+    extra["compiler_params"] = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
   outs = pl.pallas_call(
       kernel, grid=grid, in_specs=in_specs, out_specs=[row_spec(cols) for _, cols, _ in fields],
-      out_shape=[jax.ShapeDtypeStruct((n_pad, cols), dt) for _, cols, dt in fields], interpret=interpret,
+      out_shape=[jax.ShapeDtypeStruct((n_pad, cols), dt) for _, cols, dt in fields], interpret=interpret, **extra,
   )(*inputs)
   acc = {name: (out[:n, 0] if cols == 1 else out[:n]) for (name, cols, _), out in zip(fields, outs)}
   if covered < vocab:  # the ragged remainder, reduced by the XLA code and merged

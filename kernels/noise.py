@@ -39,10 +39,18 @@ def seed_words(key: jax.Array) -> jax.Array:
   return jax.random.bits(key, (2,), jnp.uint32)
 
 
+def _to_float(x):
+  """uint32 -> float32, rounded once as a direct conversion would be, through two exact int32 halves (Mosaic has
+  no unsigned-to-float conversion)."""
+  hi = (x >> jnp.uint32(16)).astype(jnp.int32).astype(jnp.float32)
+  lo = (x & jnp.uint32(0xFFFF)).astype(jnp.int32).astype(jnp.float32)
+  return hi * 65536.0 + lo
+
+
 def exponential_from_words(b1, b2):
   """Exp(1) draws from two uint32 words with the upper Gumbel tail resolved to 2^-64 (see
   `dlm.samplers.base.exponential_hires` for why float32 uniforms are not enough)."""
-  w = (b1.astype(jnp.float32) + (b2.astype(jnp.float32) + 1.0) * 2.0**-32) * 2.0**-32  # (0, 1]
+  w = (_to_float(b1) + (_to_float(b2) + 1.0) * 2.0**-32) * 2.0**-32  # (0, 1]
   w = jnp.minimum(w, 1.0 - 2.0**-24)
   return -jnp.log1p(-w)
 
