@@ -71,11 +71,6 @@ class HeadRequest:
       raise ValueError(f"HeadRequest.temperature={self.temperature!r} must be a number >= 0")
     object.__setattr__(self, "banned", tuple(int(i) for i in self.banned))
 
-  @property
-  def statistics_only(self) -> bool:
-    """True when the request can be met without writing [N, V] logits."""
-    return not self.logits
-
 
 LOGITS = HeadRequest(logits=True)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
 from dlm.kernels.head import LOGITS, HeadRequest, stats_from_logits
-from dlm.kernels.noise import gumbel_scores, seed_words
+from dlm.kernels.noise import exponential_from_words, gumbel_scores, seed_words
 
 
 class Sampler(abc.ABC):
@@ -79,13 +79,12 @@ def drive_step(sampler: Sampler, view: View, block: BlockState, carry, key: jax.
   """Run `sampler.step` on a View that holds logits only (a hand-built case, another framework's logits): the
   statistics the sampler asks for are computed from the logits by the reference reduction, with the engine's
   bans (the mask id) and the engine's noise for the same key, exactly as `generate` would hand them over."""
-  from dlm.engine.calls import head_key, resolve_request
+  from dlm.engine.calls import head_seed, resolve_request
 
   def complete(logits, request, tokens):
     request = resolve_request(request, block.end_ids[0])
-    seed = seed_words(head_key(key)) if request.sample and request.temperature > 0 else None
-    stats = stats_from_logits(logits, request, mask_id=block.mask_id, seed=seed, tokens=tokens)
-    return View(logits=stats.logits, hidden=view.hidden, stats=stats.replace(logits=None))
+    stats = stats_from_logits(logits, request, mask_id=block.mask_id, seed=head_seed(request, key), tokens=tokens)
+    return View.from_stats(stats, view.hidden)
 
   if view.stats is None:
     verify = None
@@ -145,9 +144,7 @@ def exponential_hires(key: jax.Array, shape) -> jax.Array:
   has probability ~1e-7 and only affects tokens that lose the argmax anyway.
   """
   b1, b2 = jax.random.bits(key, (2, *shape), jnp.uint32)
-  w = (b1.astype(jnp.float32) + (b2.astype(jnp.float32) + 1.0) * 2.0**-32) * 2.0**-32  # (0, 1]
-  w = jnp.minimum(w, 1.0 - 2.0**-24)  # keep log1p finite
-  return -jnp.log1p(-w)
+  return exponential_from_words(b1, b2)
 
 
 def gumbel_argmax(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
@@ -183,13 +180,6 @@ def probability_of(logits: jax.Array, tokens: jax.Array) -> jax.Array:
   """softmax(logits)[tokens] in float32.  [..., V], [...] -> [...]."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return jnp.exp(jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0])
-
-
-def entropy_of(logits: jax.Array) -> jax.Array:
-  """Entropy in nats of softmax(logits) in float32, 0 * log 0 taken as 0.  [..., V] -> [...]."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  p = jnp.exp(logp)
-  return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
 
 
 def rank_per_row(score: jax.Array, eligible: jax.Array) -> jax.Array:

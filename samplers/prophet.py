@@ -22,18 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
 from dlm.samplers.base import check_number
 from dlm.samplers.llada import LowConfidence
-
-
-def top2_gap(logits: jax.Array) -> jax.Array:
-  """top-1 minus top-2 logit.  [..., V] -> [...]."""
-  top = jax.lax.top_k(logits.astype(jnp.float32), 2)[0]
-  return top[..., 0] - top[..., 1]
 
 
 @dataclasses.dataclass(frozen=True)

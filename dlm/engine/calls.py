@@ -39,6 +39,11 @@ def head_key(key: jax.Array) -> jax.Array:
   return jax.random.split(key)[0]
 
 
+def head_seed(request: HeadRequest, key: jax.Array):
+  """The counter-noise seed of a step's head sample ([2] uint32), or None when the request draws no noise."""
+  return seed_words(head_key(key)) if request.sample and request.temperature > 0 else None
+
+
 def resolve_request(request: HeadRequest, eos_id: int) -> HeadRequest:
   """A sampler's request with its symbolic bans made concrete for one model."""
   if not request.ban_eos:
@@ -109,8 +114,8 @@ class NetworkCalls:
     net = self.net
     request = resolve_request(request, net.cfg.eos_id)
     weight, v_axis = net.head_weight()
-    seed = seed_words(head_key(key)) if request.sample and request.temperature > 0 else None
-    return head_statistics(hidden_block, weight, request, mask_id=net.cfg.mask_id, seed=seed, tokens=tokens,
+    return head_statistics(hidden_block, weight, request, mask_id=net.cfg.mask_id, seed=head_seed(request, key),
+                           tokens=tokens,
                            v_axis=v_axis, dtype=net.cfg.compute_dtype, uncond=uncond, cfg_scale=self.cfg_scale,
                            impl=self.head_impl, blocks=self.head_blocks)
 

@@ -194,7 +194,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
     # The head bans the mask id: a slot committed to it would stay unresolved forever, so no sampler may propose
     # it (MDLM's SUBS does the same; LLaDA and Dream leave it, but their trained networks give it ~zero mass).
     stats = calls.head(hidden_block, uncond, request, key=key, tokens=view_tokens)
-    return View(logits=stats.logits, hidden=hidden_block, stats=stats.replace(logits=None))
+    return View.from_stats(stats, hidden_block)
 
   # No-change reuse (MDLM's cache) only with cache='none': under a KV cache a skipped step would also skip the
   # cache bookkeeping (a block-entry refresh could be skipped), and the cached policies already make steps cheap.

@@ -31,6 +31,11 @@ class View:
   verify: "View | None" = None
   stats: object = None  # dlm.kernels.HeadStats [B, Bv]
 
+  @classmethod
+  def from_stats(cls, stats, hidden) -> "View":
+    """The View of head statistics: full logits (when requested) move to `View.logits`."""
+    return cls(logits=stats.logits, hidden=hidden, stats=stats.replace(logits=None))
+
   def _need(self, field: str, what: str):
     value = None if self.stats is None else getattr(self.stats, field)
     if value is None:
