@@ -14,7 +14,14 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-BUNDLED = Path(__file__).resolve().parent / "assets" / "bundled"
+_ASSETS = Path(__file__).resolve().parent / "assets"
+# The two models shipped in the package, by name: `bundled` (small, 48-token vocabulary, the short tasks; the
+# fast tests use it) and `testbed` (the long tasks too: chain, 9x9/6x6 Sudoku, hmm128; canvases up to 256).
+BUNDLED_MODELS = {"bundled": _ASSETS / "bundled", "testbed": _ASSETS / "testbed"}
+BUNDLED = BUNDLED_MODELS["bundled"]
+# `dlm compare` with no --model/--tasks: the testbed model on the short tasks and the long ones (gen 128/81/128).
+DEFAULT_COMPARE_MODEL = "testbed"
+DEFAULT_COMPARE_TASKS = ("add", "sudoku4_hard", "reverse", "hmm", "chain128", "sudoku", "hmm128")
 
 
 def packaged_config(name: str) -> Path:
@@ -53,7 +60,9 @@ def existing_file(text: str) -> str:
 
 
 def model_source(text: str) -> str:
-  """A model folder, or a hub id (org/name) that dlm.io resolves through the local cache."""
+  """A bundled model's name, a model folder, or a hub id (org/name) that dlm.io resolves through the local cache."""
+  if text in BUNDLED_MODELS:
+    return text
   path = Path(text).expanduser()
   if path.exists():
     if not path.is_dir():
@@ -61,7 +70,8 @@ def model_source(text: str) -> str:
     return text
   if text.count("/") == 1 and not text.startswith((".", "/", "~")):
     return text  # a hub id; dlm.io says at once if it is not in the local cache
-  raise argparse.ArgumentTypeError(f"expected a model folder or a hub id org/name, {text} does not exist")
+  raise argparse.ArgumentTypeError(f"expected {' or '.join(BUNDLED_MODELS)}, a model folder or a hub id org/name; "
+                                   f"{text} does not exist")
 
 
 def _choice(kind: str, names):
@@ -85,14 +95,17 @@ def _parse_value(text: str):
   return yaml.safe_load(text)
 
 
-def _load_model(path: str | None, dtype: str | None, *, with_tokenizer: bool = False):
+def _load_model(path: str | None, dtype: str | None, *, with_tokenizer: bool = False, default: str = "bundled"):
   """-> (model, name) or, with_tokenizer, (model, name, HF tokenizer or None for the character tokenizer)."""
   from dlm.io.params import load_model
-  if path is None:
-    if not (BUNDLED / "params.safetensors").is_file():
-      raise FileNotFoundError(f"the bundled model is missing from {BUNDLED}; train it with `dlm train` or pass "
-                              "--model")
-    model, name, tokenizer = load_model(BUNDLED, dtype=dtype), "bundled", None
+  path = default if path is None else path
+  if path in BUNDLED_MODELS:
+    folder = BUNDLED_MODELS[path]
+    if not (folder / "params.safetensors").is_file():
+      recipe = "bundled.yaml" if path == "bundled" else "testbed.yaml"
+      raise FileNotFoundError(f"the {path} model is missing from {folder}; train it with `dlm train --config "
+                              f"configs/{recipe}` or pass --model")
+    model, name, tokenizer = load_model(folder, dtype=dtype), path, None
   else:
     import dlm
     model, tokenizer = dlm.load(path, **({} if dtype is None else {"dtype": dtype}))
@@ -119,14 +132,18 @@ def cmd_compare(args):
       raise ValueError("--set needs --sampler (a grid file carries its own settings)")
     grid = load_grid(args.grid or packaged_config("compare_default.yaml"))
   check_grid(grid)  # unknown samplers and settings fail before the model loads
-  model, name = _load_model(args.model, args.dtype)
+  from dlm.eval.aup import aup_table, format_aup
+  model, name = _load_model(args.model, args.dtype, default=DEFAULT_COMPARE_MODEL)
   records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
                     block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
                     model_name=name)
   print(format_table(records))
+  rows = aup_table(records)
+  if rows:
+    print(format_aup(rows))
   if args.out:
     write_results(records, args.out)
-    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'frontier.png'}")
+    print(f"wrote {Path(args.out) / 'results.json'}, aup.json and frontier.png")
 
 
 def _settings(pairs) -> dict:
@@ -144,8 +161,9 @@ def cmd_sample(args):
   import numpy as np
   from dlm.engine import generate
   from dlm.samplers import make_sampler
-  from dlm.tasks import TOKENIZER, get_task
-  model, _, hf_tokenizer = _load_model(args.model, args.dtype, with_tokenizer=True)
+  from dlm.tasks import TESTBED_TASKS, TOKENIZER, get_task
+  default = "testbed" if args.task in TESTBED_TASKS else "bundled"
+  model, _, hf_tokenizer = _load_model(args.model, args.dtype, with_tokenizer=True, default=default)
   settings = _settings(args.set)
   if args.steps is not None:
     settings["steps"] = args.steps
@@ -268,7 +286,8 @@ def main(argv=None):
 
   def common(p):
     p.add_argument("--model", default=None, type=model_source,
-                   help="model folder or hub id (default: the bundled model)")
+                   help="bundled | testbed (the two shipped models), a model folder or a hub id (default: "
+                   "testbed for compare and the testbed tasks, bundled otherwise)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--seed", type=nonnegative_int, default=0)
 
@@ -280,7 +299,7 @@ def main(argv=None):
 
   p = sub.add_parser("compare", help="run a grid of samplers on the built-in tasks")
   common(p)
-  p.add_argument("--tasks", nargs="+", type=task_name, default=["add", "sudoku4", "sudoku4_hard", "reverse", "hmm"])
+  p.add_argument("--tasks", nargs="+", type=task_name, default=list(DEFAULT_COMPARE_TASKS))
   p.add_argument("--grid", default=None, type=existing_file, help="YAML grid (default: the packaged "
                  "configs/compare_default.yaml)")
   p.add_argument("--sampler", default=None, type=sampler_name, help="run this one sampler instead of the grid")

@@ -22,6 +22,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from dlm.engine import generate
+from dlm.engine.cache import CACHE_POLICIES
 from dlm.engine.metrics import peer_token_counts
 from dlm.samplers import SAMPLERS, make_sampler
 from dlm.tasks import get_task
@@ -30,12 +31,24 @@ from dlm.tasks import get_task
 _G_FORM = re.compile(r"^(\d+)?G(?:/(\d+))?$")
 
 
+ENGINE_OPTIONS = ("cache", "stop_at_eos", "block_length")  # grid keys that set the engine, not the sampler
+
+
 @dataclasses.dataclass(frozen=True)
 class GridEntry:
-  """One sampler setting; string values "G", "G/2", "2G", "4G/2"... are resolved against the task's gen_length."""
+  """One sampler setting; string values "G", "G/2", "2G", "4G/2"... are resolved against the task's gen_length.
+
+  `engine` overrides the run's cache / stop_at_eos / block_length for this entry, and `tasks` restricts the entry
+  to some tasks (the default grid runs fewer settings on the long tasks).
+  """
 
   sampler: str
   settings: tuple = ()  # sorted (name, value) pairs, hashable
+  engine: tuple = ()  # sorted (option, value) pairs from ENGINE_OPTIONS
+  tasks: tuple | None = None  # task names this entry runs on; None: every task
+
+  def runs_on(self, task: str) -> bool:
+    return self.tasks is None or task in self.tasks
 
   def resolve(self, gen_length: int) -> dict:
     out = {}
@@ -66,7 +79,15 @@ def load_grid(path) -> list[GridEntry]:
     if "sampler" not in e:
       raise ValueError(f"{path}: grid entry {e} has no 'sampler'")
     name = e.pop("sampler")
-    grid.append(GridEntry(name, tuple(sorted(e.items()))))
+    tasks = e.pop("tasks", None)
+    if tasks is not None:
+      if isinstance(tasks, str):
+        tasks = [tasks]
+      if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise ValueError(f"{path}: grid entry {name!r} has tasks={tasks!r}; expected a list of task names")
+      tasks = tuple(tasks)
+    engine = tuple(sorted((k, e.pop(k)) for k in ENGINE_OPTIONS if k in e))
+    grid.append(GridEntry(name, tuple(sorted(e.items())), engine, tasks))
   return grid
 
 
@@ -79,7 +100,17 @@ def check_grid(grid: list[GridEntry]) -> None:
     unknown = sorted(name for name, _ in entry.settings if name not in fields)
     if unknown:
       raise ValueError(f"unknown setting(s) {unknown} for sampler {entry.sampler!r}; its settings are "
-                       f"{sorted(fields)}")
+                       f"{sorted(fields)} (engine options per entry: {list(ENGINE_OPTIONS)})")
+    for task in entry.tasks or ():
+      get_task(task)  # one-line error naming the unknown task
+    engine = dict(entry.engine)
+    if "cache" in engine and engine["cache"] not in CACHE_POLICIES:
+      raise ValueError(f"grid entry {entry.sampler!r}: cache={engine['cache']!r}; expected one of {CACHE_POLICIES}")
+    if "stop_at_eos" in engine and not isinstance(engine["stop_at_eos"], bool):
+      raise ValueError(f"grid entry {entry.sampler!r}: stop_at_eos={engine['stop_at_eos']!r}; expected true or false")
+    if "block_length" in engine and not (isinstance(engine["block_length"], int) and engine["block_length"] > 0):
+      raise ValueError(f"grid entry {entry.sampler!r}: block_length={engine['block_length']!r}; expected a positive "
+                       f"integer")
 
 
 def ci95(scores: np.ndarray) -> float:
@@ -89,8 +120,24 @@ def ci95(scores: np.ndarray) -> float:
   return float(1.96 * scores.std(ddof=1) / math.sqrt(len(scores)))
 
 
+def check_task_fits(model, task, seed: int = 0) -> None:
+  """A task whose tokens the model has no embedding for would read clamped rows: refuse it in one line."""
+  prompts = task.encode(task.examples(32, seed))[0]
+  needed = int(prompts.max())
+  if needed >= model.cfg.vocab_size:
+    raise ValueError(f"task {task.name!r} uses token ids up to {needed} but the model's vocabulary has "
+                     f"{model.cfg.vocab_size} entries; the testbed tasks need the testbed model (--model testbed)")
+
+
 def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, block_length: int | None,
             stop_at_eos: bool, model_name: str, cache: str = "none") -> dict:
+  """One grid entry on one task.  block_length None: the task's own block (`Task.block_length`), else one block."""
+  engine = dict(entry.engine)
+  cache = engine.get("cache", cache)
+  stop_at_eos = engine.get("stop_at_eos", stop_at_eos)
+  block_length = engine.get("block_length", block_length)
+  if block_length is None:
+    block_length = task.block_length
   gen_length = task.gen_length
   settings = entry.resolve(gen_length)
   fields = {f.name for f in dataclasses.fields(SAMPLERS[entry.sampler])} if entry.sampler in SAMPLERS else set()
@@ -127,6 +174,8 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
     batch_nfe.append(int(out.batch_nfe))
   answers, nfe, gen_tokens = np.concatenate(answers), np.concatenate(nfe), np.concatenate(gen_tokens)
   scores = task.score(exs, answers)
+  distribution = (task.distribution_metrics([task.decode(a) for a in answers])
+                  if hasattr(task, "distribution_metrics") else None)
   peers = peer_token_counts(answers, model.cfg.end_ids)
   total_nfe = max(int(nfe.sum()), 1)
   return {
@@ -139,14 +188,24 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
       "wall_s": wall, "compile_s": compile_s, "gen_length": gen_length, "block_length": block, "batch": batch,
       "stop_at_eos": stop_at_eos, "cache": cache, "model": model_name,
       "device": str(jax.devices()[0].device_kind),
-      "reference_score": task.reference_score(exs),
+      "reference_score": task.reference_score(exs), "accuracy_scored": task.accuracy_scored,
+      "distribution": distribution, "label": label(entry, sampler),
   }
+
+
+def label(entry: GridEntry, sampler) -> str:
+  """Short text naming the setting: the grid's own settings, then engine overrides (plot labels, tables)."""
+  parts = [f"{k}={v}" for k, v in entry.settings]
+  parts += [f"{k}={v}" for k, v in entry.engine]
+  return ",".join(parts) or sampler.family
 
 
 def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batch: int = 32, seed: int = 0,
             block_length: int | None = None, stop_at_eos: bool = False, cache: str = "none",
             model_name: str = "bundled", progress: bool = True) -> list[dict]:
-  jobs = [(get_task(t), e) for t in tasks for e in grid]
+  for t in tasks:
+    check_task_fits(model, get_task(t))
+  jobs = [(get_task(t), e) for t in tasks for e in grid if e.runs_on(t)]
   records = []
   bar = tqdm(jobs, disable=not progress, desc="compare")
   for task, entry in bar:
@@ -160,14 +219,19 @@ def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batc
 
 
 def format_table(records: list[dict]) -> str:
+  """One line per record, sorted by task (in run order) then NFE; `dist` is the HMM distribution distance."""
   head = (f"{'task':<12} {'sampler':<16} {'settings':<34} {'score':>7} {'±95%':>6} {'NFE':>6} {'bNFE':>6} "
-          f"{'TPF':>5} {'TPS':>8}")
+          f"{'TPF':>5} {'TPS':>8} {'dist':>6}")
   lines = [head, "-" * len(head)]
-  for r in records:
+  order = {t: i for i, t in enumerate(dict.fromkeys(r["task"] for r in records))}
+  for r in sorted(records, key=lambda r: (order[r["task"]], r["nfe_mean"])):
     shown = {k: v for k, v in r["settings"].items() if k not in ("cfg_scale",) and v not in (None, False)}
+    engine = [k for k in ENGINE_OPTIONS if f"{k}=" in r.get("label", "")]
+    shown.update({k: r[k] for k in engine})
     text = ",".join(f"{k}={v}" for k, v in shown.items())[:34]
+    dist = f"{r['distribution']['distance']:>6.3f}" if r.get("distribution") else ""
     lines.append(f"{r['task']:<12} {r['sampler']:<16} {text:<34} {r['score']:>7.3f} {r['score_ci95']:>6.3f} "
-                 f"{r['nfe_mean']:>6.1f} {r['batch_nfe_mean']:>6.1f} {r['tpf']:>5.2f} {r['tps']:>8.1f}")
+                 f"{r['nfe_mean']:>6.1f} {r['batch_nfe_mean']:>6.1f} {r['tpf']:>5.2f} {r['tps']:>8.1f} {dist}")
   for task in dict.fromkeys(r["task"] for r in records):
     ref = next(r["reference_score"] for r in records if r["task"] == task)
     if ref != 1.0:
@@ -179,6 +243,9 @@ def write_results(records: list[dict], out_dir) -> None:
   from dlm.eval.plots import frontier_plot
   from dlm.io.params import atomic_write
 
+  from dlm.eval.aup import aup_table
+
   out_dir = Path(out_dir)
   atomic_write(out_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(records, indent=1)))
+  atomic_write(out_dir / "aup.json", lambda tmp: Path(tmp).write_text(json.dumps(aup_table(records), indent=1)))
   frontier_plot(records, out_dir / "frontier.png")

@@ -28,6 +28,7 @@ class Task(abc.ABC):
   name: str  # registry name
   gen_length: int  # answer slots used in training and, by default, in generation
   max_prompt_len: int  # tag included
+  block_length = None  # the semi-autoregressive block `dlm compare` uses unless told (None: one block)
 
   @abc.abstractmethod
   def sample(self, rng: np.random.Generator) -> Example:
@@ -39,6 +40,11 @@ class Task(abc.ABC):
 
   @property
   def conditional(self) -> bool:
+    return True
+
+  @property
+  def accuracy_scored(self) -> bool:
+    """Scores are 0/1 accuracies (AUP applies); False for `hmm`'s log-likelihood."""
     return True
 
   @property

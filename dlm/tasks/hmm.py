@@ -38,6 +38,55 @@ def log_likelihood(symbols: np.ndarray, params) -> float:
   return float(total)
 
 
+def _symbol_rows(texts) -> np.ndarray:
+  """Valid samples (only symbols, equal length) as [N, T] ints; invalid ones are dropped."""
+  rows = [[SYMBOLS.index(c) for c in t] for t in texts if t and all(c in SYMBOLS for c in t)]
+  length = max((len(r) for r in rows), default=0)
+  rows = [r for r in rows if len(r) == length]
+  return np.asarray(rows, np.int64).reshape(len(rows), length)
+
+
+def _entropy(counts: np.ndarray) -> float:
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log(p)).sum())
+
+
+def sample_statistics(texts, seed: int = 0) -> dict:
+  """Mean log-likelihood per token, pooled unigram entropy and pooled bigram entropy per token (nats)."""
+  rows = _symbol_rows(texts)
+  k = len(SYMBOLS)
+  if rows.size == 0:
+    return {"loglik": float(np.log(1e-6)), "unigram_entropy": 0.0, "bigram_entropy": 0.0}
+  params = hmm_params(seed)
+  ll = np.mean([log_likelihood(r, params) / rows.shape[1] for r in rows])
+  uni = np.bincount(rows.reshape(-1), minlength=k)
+  bi = np.bincount((rows[:, :-1] * k + rows[:, 1:]).reshape(-1), minlength=k * k)
+  return {"loglik": float(ll), "unigram_entropy": _entropy(uni), "bigram_entropy": _entropy(bi) / 2}
+
+
+@functools.cache
+def reference_samples(length: int, seed: int = 0, n: int = 2048) -> tuple:
+  """A fixed set of n data samples (its own generator seed) that distances are measured against."""
+  task = HMM(length=length, gen_length=length, seed=seed)
+  return tuple(e.answer for e in task.examples(n, seed=10_000 + length))
+
+
+def distribution_distance(texts, reference, seed: int = 0) -> dict:
+  """|Δ mean log-lik| + |Δ unigram entropy| + |Δ bigram entropy| against the reference samples (nats/token).
+
+  The log-likelihood gap alone rewards nothing and punishes both directions, but a sampler can match the mean
+  log-likelihood with the wrong spread; the entropy gaps catch mode-seeking (entropy too low: confidence-ordered
+  greedy decoding) and noise (entropy too high: many tokens per step from independent marginals), as the MDLM
+  line of work reports generative perplexity together with entropy.  0 for the reference set itself; invalid
+  samples are dropped from the statistics and counted in `invalid`.
+  """
+  got, ref = sample_statistics(texts, seed), sample_statistics(reference, seed)
+  gaps = {f"{name}_gap": got[name] - ref[name] for name in got}
+  distance = sum(abs(v) for v in gaps.values())
+  invalid = 1.0 - len(_symbol_rows(texts)) / max(len(texts), 1)
+  return {"distance": float(distance), **gaps, **{f"sample_{k}": v for k, v in got.items()}, "invalid": invalid}
+
+
 @dataclasses.dataclass(frozen=True)
 class HMM(Task):
   """Sequences of `length` symbols; score = mean log-likelihood per token (higher is better; data ~ reference)."""
@@ -48,12 +97,20 @@ class HMM(Task):
   gen_length: int = 32
   max_prompt_len: int = 1
 
+  @property
+  def tag(self) -> str:
+    return "hmm"  # every length shares one tag: the canvas length is the sample length
+
   def __post_init__(self):
     if self.length != self.gen_length:
       raise ValueError(f"{self.length=} must equal {self.gen_length=} (samples fill every slot)")
 
   @property
   def conditional(self) -> bool:
+    return False
+
+  @property
+  def accuracy_scored(self) -> bool:
     return False
 
   @property
@@ -70,6 +127,10 @@ class HMM(Task):
       out.append(SYMBOLS[rng.choice(emit.shape[1], p=emit[z])])
       z = rng.choice(len(init), p=trans[z])
     return Example("", "".join(out))
+
+  def distribution_metrics(self, completions: list[str]) -> dict:
+    """Distance of a set of samples to the data distribution (`distribution_distance`), with its three parts."""
+    return distribution_distance(completions, reference_samples(self.length, self.seed), self.seed)
 
   def score_one(self, prompt, completion):
     del prompt

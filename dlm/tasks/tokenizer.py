@@ -7,6 +7,10 @@ import numpy as np
 PAD, MASK, EOS = "<pad>", "<mask>", "<eos>"
 TASK_TAGS = ("<add>", "<sudoku4>", "<reverse>", "<hmm>")
 _CHARS = "0123456789abcdefghijklmnopqrstuvwxyz+=.|"
+# Appended for the testbed tasks (`chain`, `sudoku`).  Appending keeps every earlier id, so the small bundled
+# model (vocabulary 48) still reads every task it was trained on; ids >= 48 exist only in the testbed model.
+TESTBED_TAGS = ("<chain>", "<sudoku>")
+_TESTBED_CHARS = "-*#;? "
 
 
 class CharTokenizer:
@@ -16,7 +20,7 @@ class CharTokenizer:
   """
 
   def __init__(self):
-    self.itos = [PAD, MASK, EOS, *TASK_TAGS, *_CHARS]
+    self.itos = [PAD, MASK, EOS, *TASK_TAGS, *_CHARS, "<unused47>", *TESTBED_TAGS, *_TESTBED_CHARS]
     while len(self.itos) % 8:
       self.itos.append(f"<unused{len(self.itos)}>")
     self.stoi = {s: i for i, s in enumerate(self.itos)}
@@ -29,7 +33,7 @@ class CharTokenizer:
   def tag_id(self, task_name: str) -> int:
     tag = f"<{task_name}>"
     if tag not in self.stoi:
-      raise ValueError(f"{task_name=} has no tag token; known tags are {TASK_TAGS}")
+      raise ValueError(f"{task_name=} has no tag token; known tags are {TASK_TAGS + TESTBED_TAGS}")
     return self.stoi[tag]
 
   def encode(self, text: str) -> list[int]:
@@ -43,7 +47,8 @@ class CharTokenizer:
           i = end + 1
           continue
       if text[i] not in self.stoi:
-        raise ValueError(f"character {text[i]!r} at {i} of {text=} is not in the vocabulary {_CHARS!r}")
+        raise ValueError(f"character {text[i]!r} at {i} of {text=} is not in the vocabulary "
+                         f"{_CHARS + _TESTBED_CHARS!r}")
       ids.append(self.stoi[text[i]])
       i += 1
     return ids

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from dlm.io.params import save_model
 from dlm.model.config import ModelConfig
 from dlm.model.transformer import Transformer
-from dlm.tasks import TOKENIZER, Add, HMM, Reverse, Sudoku4, Task
+from dlm.tasks import TOKENIZER, Add, Chain, HMM, Reverse, Sudoku, Sudoku4, Task
 from dlm.train.loss import masked_diffusion_loss
 
-_TASK_CLASSES = {"add": Add, "sudoku4": Sudoku4, "reverse": Reverse, "hmm": HMM}
+_TASK_CLASSES = {"add": Add, "sudoku4": Sudoku4, "reverse": Reverse, "hmm": HMM, "chain": Chain, "sudoku": Sudoku}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,9 @@ class TrainConfig:
   """A training recipe (configs/*.yaml)."""
 
   model: dict  # ModelConfig fields except the tokenizer-derived ones
-  tasks: dict  # task name -> {"weight": float, **task kwargs}
+  # entry name -> {"weight": float, "batch": int (default batch_per_task), "task": class name (default: the entry
+  # name), **task kwargs}; "task" lets one class appear twice, e.g. `chain` at two canvas lengths.
+  tasks: dict
   steps: int = 4000
   batch_per_task: int = 64
   lr: float = 1e-3
@@ -43,9 +45,14 @@ class TrainConfig:
   def __post_init__(self):
     if self.steps <= 0 or self.batch_per_task <= 0:
       raise ValueError(f"{self.steps=} and {self.batch_per_task=} must be positive")
-    unknown = set(self.tasks) - set(_TASK_CLASSES)
-    if unknown:
-      raise ValueError(f"unknown tasks {sorted(unknown)} in the recipe; expected a subset of {sorted(_TASK_CLASSES)}")
+    for name, spec in self.tasks.items():
+      kind = (spec or {}).get("task", name)
+      if kind not in _TASK_CLASSES:
+        raise ValueError(f"unknown task {kind!r} in the recipe's entry {name!r}; expected one of "
+                         f"{sorted(_TASK_CLASSES)}")
+      batch = (spec or {}).get("batch", self.batch_per_task)
+      if not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"tasks.{name}.batch={batch!r} must be a positive integer")
 
   @classmethod
   def from_yaml(cls, path) -> "TrainConfig":
@@ -55,19 +62,21 @@ class TrainConfig:
     return ModelConfig(vocab_size=TOKENIZER.vocab_size, mask_id=TOKENIZER.mask_id, eos_id=TOKENIZER.eos_id,
                        pad_id=TOKENIZER.pad_id, **self.model)
 
-  def task_objects(self) -> list[tuple[Task, float]]:
+  def task_objects(self) -> list[tuple[Task, float, int]]:
+    """(task, loss weight, examples per step) for each entry."""
     out = []
     for name, spec in self.tasks.items():
-      spec = dict(spec)
+      spec = dict(spec or {})
       weight = float(spec.pop("weight", 1.0))
-      out.append((_TASK_CLASSES[name](**spec), weight))
+      batch = int(spec.pop("batch", self.batch_per_task))
+      out.append((_TASK_CLASSES[spec.pop("task", name)](**spec), weight, batch))
     return out
 
 
-def _batch(tasks, batch: int, seed: int, step: int):
+def _batch(tasks, seed: int, step: int):
   """Deterministic in (seed, step): a resumed run sees the same data as an uninterrupted one."""
   out = []
-  for i, (task, _) in enumerate(tasks):
+  for i, (task, _, batch) in enumerate(tasks):
     rng = np.random.default_rng([seed, step, i])
     out.append(tuple(jnp.asarray(a) for a in task.encode([task.sample(rng) for _ in range(batch)])))
   return out
@@ -118,13 +127,13 @@ def train(cfg: TrainConfig, out_dir, *, progress: bool = True, stop_after: int |
   manager = checkpoint_manager(out_dir)
   start = restore_latest(manager, model, optimizer)
 
-  weights = [w for _, w in tasks]
+  weights = [w for _, w, _ in tasks]
 
   @nnx.jit
   def train_step(model, optimizer, key, batches):
     def loss_fn(model):
       total, metrics = 0.0, {}
-      for (task, _), w, k, (p, v, a) in zip(tasks, weights, jax.random.split(key, len(tasks)), batches):
+      for (task, _, _), w, k, (p, v, a) in zip(tasks, weights, jax.random.split(key, len(tasks)), batches):
         loss, m = masked_diffusion_loss(model, k, p, v, a)
         total = total + w * loss
         metrics[f"ce_{task.name}"] = m["ce"]
@@ -140,7 +149,7 @@ def train(cfg: TrainConfig, out_dir, *, progress: bool = True, stop_after: int |
   t0, ema = time.time(), None
   for step in bar:
     loss, metrics = train_step(model, optimizer, jax.random.fold_in(base_key, step),
-                               _batch(tasks, cfg.batch_per_task, cfg.seed, step))
+                               _batch(tasks, cfg.seed, step))
     if step % cfg.log_every == 0 or step == end - 1:
       loss = float(loss)
       ema = loss if ema is None else 0.9 * ema + 0.1 * loss
