@@ -223,3 +223,16 @@ def test_compare_refuses_tasks_beyond_the_models_vocabulary():
 def test_testbed_tasks_registered():
   assert {"chain", "chain128", "sudoku", "sudoku6", "hmm128"} <= set(TASKS)
   assert isinstance(get_task("hmm128"), HMM) and get_task("hmm128").tag == "hmm"
+
+
+def test_shipped_testbed_model_reads_the_long_tasks():
+  from dlm.cli import BUNDLED_MODELS
+  from dlm.io.params import load_model
+  folder = BUNDLED_MODELS["testbed"]
+  assert (folder / "params.safetensors").stat().st_size <= 25 * 2**20
+  model = load_model(folder)
+  assert model.cfg.vocab_size == TOKENIZER.vocab_size
+  grid = [GridEntry("threshold", (("tau", 0.9),))]
+  records = compare(model, grid, ["chain128", "sudoku6"], n=4, batch=4, progress=False)
+  assert [r["task"] for r in records] == ["chain128", "sudoku6"]
+  assert all(r["nfe_mean"] < r["gen_length"] for r in records)  # confident: several tokens per forward

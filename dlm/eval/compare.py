@@ -173,24 +173,36 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
     gen_tokens.append(np.asarray(out.gen_tokens)[:rows])
     batch_nfe.append(int(out.batch_nfe))
   answers, nfe, gen_tokens = np.concatenate(answers), np.concatenate(nfe), np.concatenate(gen_tokens)
+  _, _, reference_answers = task.encode(exs)
+  end_ids = np.asarray(model.cfg.end_ids)
   scores = task.score(exs, answers)
   distribution = (task.distribution_metrics([task.decode(a) for a in answers])
                   if hasattr(task, "distribution_metrics") else None)
   peers = peer_token_counts(answers, model.cfg.end_ids)
   total_nfe = max(int(nfe.sum()), 1)
   return {
-      "sampler": entry.sampler, "family": sampler.family, "settings": sampler.settings(), "task": task.name,
+      "sampler": entry.sampler, "family": family_name(entry, sampler), "settings": sampler.settings(), "task": task.name,
       "n": n, "score": float(scores.mean()), "score_ci95": ci95(scores), "nfe_mean": float(nfe.mean()),
       "batch_nfe_mean": float(np.mean(batch_nfe)), "tpf": float(gen_tokens.sum() / total_nfe),
       "tpf_fast_dllm": float(peers["fast_dllm"].sum() / total_nfe),
       "tpf_dinfer": float(peers["dinfer"].sum() / total_nfe),
-      "tps": float(gen_tokens.sum() / wall),
+      "tps": float(gen_tokens.sum() / wall), "gen_tokens_mean": float(gen_tokens.mean()),
+      # share of answer slots holding an end token (EOS padding), generated and in the reference answers
+      "eos_fraction": float(np.isin(answers, end_ids).mean()),
+      "reference_eos_fraction": float(np.isin(reference_answers, end_ids).mean()),
       "wall_s": wall, "compile_s": compile_s, "gen_length": gen_length, "block_length": block, "batch": batch,
       "stop_at_eos": stop_at_eos, "cache": cache, "model": model_name,
       "device": str(jax.devices()[0].device_kind),
       "reference_score": task.reference_score(exs), "accuracy_scored": task.accuracy_scored,
       "distribution": distribution, "label": label(entry, sampler),
   }
+
+
+def family_name(entry: GridEntry, sampler) -> str:
+  """The sampler's family, split by the entry's engine overrides (a dual-cache threshold line is its own line)."""
+  if not entry.engine:
+    return sampler.family
+  return sampler.family + "[" + ",".join(f"{k}={v}" for k, v in entry.engine) + "]"
 
 
 def label(entry: GridEntry, sampler) -> str:
