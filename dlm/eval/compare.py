@@ -147,7 +147,7 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
   sampler = make_sampler(entry.sampler, **settings)
   block = gen_length if block_length is None else min(block_length, gen_length)
   exs = task.examples(n, seed=seed)
-  prompts, valid, _ = task.encode(exs)
+  prompts, valid, reference_answers = task.encode(exs)
   key = jax.random.key(seed)
 
   def run(p, v, k):
@@ -173,7 +173,6 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
     gen_tokens.append(np.asarray(out.gen_tokens)[:rows])
     batch_nfe.append(int(out.batch_nfe))
   answers, nfe, gen_tokens = np.concatenate(answers), np.concatenate(nfe), np.concatenate(gen_tokens)
-  _, _, reference_answers = task.encode(exs)
   end_ids = np.asarray(model.cfg.end_ids)
   scores = task.score(exs, answers)
   distribution = (task.distribution_metrics([task.decode(a) for a in answers])

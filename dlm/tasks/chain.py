@@ -34,6 +34,10 @@ ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 MAX_VALUE = 99
 
 
+def apply_op(op: str, a: int, b: int) -> int:
+  return a + b if op == "+" else a - b if op == "-" else a * b
+
+
 def extract_answer(completion: str) -> str | None:
   """GSM8K's final-answer extraction; None when the completion has no `#### <number>` line."""
   match = ANSWER_RE.search(completion)
@@ -50,8 +54,7 @@ class Problem:
   def values(self) -> dict:
     env = dict(self.givens)
     for name, left, op, right in self.steps:
-      a, b = env[left], env[right] if isinstance(right, str) else right
-      env[name] = a + b if op == "+" else a - b if op == "-" else a * b
+      env[name] = apply_op(op, env[left], env[right] if isinstance(right, str) else right)
     return env
 
   @property
@@ -68,7 +71,7 @@ class Problem:
     parts = []
     for name, left, op, right in self.steps:
       b_text = f"{env[right]:02d}" if isinstance(right, str) else str(right)
-      env[name] = Problem(tuple(env.items()), ((name, left, op, right),)).values()[name]
+      env[name] = apply_op(op, env[left], env[right] if isinstance(right, str) else right)
       parts.append(f"{name}={env[left]:02d}{op}{b_text}={env[name]:02d}")
     return ";".join(parts) + f";#### {env[self.steps[-1][0]]}"
 
@@ -104,7 +107,7 @@ def random_problem(rng: np.random.Generator, min_steps: int, max_steps: int) -> 
         right = known[int(rng.integers(len(known)))]
       else:
         right = int(rng.integers(1, 10))
-      value = Problem(tuple(env.items()), ((name, left, op, right),)).values()[name]
+      value = apply_op(op, env[left], env[right] if isinstance(right, str) else right)
       if 0 <= value <= MAX_VALUE:
         break
     env[name] = value
