@@ -21,7 +21,7 @@ BUNDLED_MODELS = {"bundled": _ASSETS / "bundled", "testbed": _ASSETS / "testbed"
 BUNDLED = BUNDLED_MODELS["bundled"]
 # `dlm compare` with no --model/--tasks: the testbed model on the short tasks and the long ones (gen 128/81/128).
 DEFAULT_COMPARE_MODEL = "testbed"
-DEFAULT_COMPARE_TASKS = ("sudoku4_hard", "hmm", "chain128", "sudoku", "hmm128")
+DEFAULT_COMPARE_TASKS = ("sudoku4_hard", "hmm", "chain128", "sudoku6", "hmm128")
 
 
 def packaged_config(name: str) -> Path:
