@@ -9,11 +9,13 @@ from dlm.samplers.llada import LowConfidence, RandomRemasking
 from dlm.samplers.registry import SAMPLERS, make_sampler
 from dlm.samplers.eb import EntropyBounded
 from dlm.samplers.klass import Klass
+from dlm.samplers.lrd import LatentRefinement
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
+from dlm.samplers.smoothing import IterationSmoothing
 from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
 
-__all__ = ["Ancestral", "Credit", "Dilated", "DreamSampler", "EntropyBounded", "Factor", "Hierarchy", "Klass",
-           "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "Sampler", "Threshold", "Wino",
+__all__ = ["Ancestral", "Credit", "Dilated", "DreamSampler", "EntropyBounded", "Factor", "Hierarchy",
+           "IterationSmoothing", "Klass", "LatentRefinement", "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "Sampler", "Threshold", "Wino",
            "exponential_hires", "gumbel_argmax", "make_sampler", "probability_of", "topk_per_row"]

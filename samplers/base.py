@@ -29,6 +29,10 @@ class Sampler(abc.ABC):
   view_span: str = "block"
   # Whether the forward also runs the block's leave-one-out shadow rows (`View.verify`, WINO; cache 'none').
   verify_rows: bool = False
+  # Whether the sampler keeps a belief over its view and feeds it back as soft inputs (LRD, iteration smoothing):
+  # its step must return `Decision(soft=[B, Bv, V])`, and the next forward feeds still-masked slots the mixture
+  # of input embeddings (docs/design.md §1, item 2).
+  soft_inputs: bool = False
 
   @property
   def head_request(self) -> HeadRequest:

@@ -10,8 +10,10 @@ from dlm.samplers.dream import DreamSampler
 from dlm.samplers.llada import LowConfidence, RandomRemasking
 from dlm.samplers.eb import EntropyBounded
 from dlm.samplers.klass import Klass
+from dlm.samplers.lrd import LatentRefinement
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
+from dlm.samplers.smoothing import IterationSmoothing
 from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
 
@@ -30,6 +32,8 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "wino": Wino,
     "prophet": Prophet,
     "klass": Klass,
+    "lrd": LatentRefinement,
+    "smoothing": IterationSmoothing,
 }
 
 

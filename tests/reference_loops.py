@@ -104,3 +104,120 @@ def ancestral_reference(model, prompts, valid, *, steps, gen_length, temperature
     masked = x[:, p:] == m_id
     x[:, p:] = np.where(reveal & masked, x0, x[:, p:])
   return x
+
+
+def _soft_forward(model):
+  """(inputs [1, L, D] float32, valid [1, L]) -> logits [L, V] float64, the network fed embeddings."""
+  @jax.jit
+  def fwd(inputs, valid):
+    hidden, _ = model(inputs, positions_from_valid(valid), valid)
+    return model.logits(hidden)[0]
+
+  return lambda inputs, valid: np.asarray(fwd(inputs.astype(np.float32), valid), np.float64)
+
+
+def _row_inputs(table, x, beliefs, m_id):
+  """Embeddings of one canvas row: E[x], with the belief mixture at masked slots that have one."""
+  inputs = table[x].copy()
+  for slot, weights in beliefs.items():
+    if x[slot] == m_id:
+      inputs[slot] = weights @ table
+  return inputs[None]
+
+
+def lrd_reference(model, prompts, valid, *, gen_length, block_length, r_f, top_p, refine_steps, tau_refine,
+                  tau_decode, per_step=1):
+  """LRD written from the paper's pseudo-code (samplers/lrd.py states the choices), one row at a time.
+  -> (canvas [B, P + G], forwards per row [B], refinement forwards per row [B], early stops per row [B])."""
+  fwd = _soft_forward(model)
+  m_id, vocab = model.cfg.mask_id, model.cfg.vocab_size
+  table = np.asarray(model.embed.embedding[...], np.float64)
+  b, p = prompts.shape
+  out, nfes, refines, stops = [], [], [], []
+  for row in range(b):
+    x = np.concatenate([np.asarray(prompts[row]), np.full(gen_length, m_id)]).astype(np.int32)
+    v = np.concatenate([np.asarray(valid[row]), np.ones(gen_length, bool)])[None]
+    nfe = n_refine = n_stop = 0
+    for blk in range(gen_length // block_length):
+      s, e = p + blk * block_length, p + (blk + 1) * block_length
+      phase, refined, prev, beliefs = (0 if refine_steps > 0 else 1), 0, None, {}
+      while (x[s:e] == m_id).any():
+        logits = fwd(_row_inputs(table, x, beliefs, m_id), v)[s:e]
+        logits[:, m_id] = -np.inf
+        nfe += 1
+        logp = logits - logits.max(-1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+        prob = np.exp(logp)
+        masked = x[s:e] == m_id
+        entropy = -np.sum(np.where(prob > 0, prob * np.where(prob > 0, logp, 0), 0), -1)
+        if prev is None:
+          drift = np.inf
+        else:
+          kl = np.sum(np.where(prob > 0, prob * (np.where(prob > 0, logp, 0) - np.where(prob > 0, prev, 0)), 0), -1)
+          drift = kl[masked].mean()
+        if phase == 0:
+          refined += 1
+          n_refine += 1
+          if drift < tau_refine or refined >= refine_steps:
+            phase, prev = 1, None
+          else:
+            prev = logp
+        else:
+          if drift < tau_decode:
+            chosen = np.flatnonzero(masked)
+            n_stop += 1
+          else:
+            chosen = np.argsort(np.where(masked, entropy, np.inf), kind="stable")[:per_step]
+            chosen = chosen[masked[chosen]]
+          x[s + chosen] = logits[chosen].argmax(-1)
+          prev = logp
+        for i in range(block_length):
+          alpha = r_f * (1 - entropy[i] / np.log(vocab))
+          order = np.argsort(-prob[i], kind="stable")
+          keep = np.zeros(vocab, bool)
+          keep[order[(np.cumsum(prob[i][order]) - prob[i][order]) < top_p]] = True
+          nucleus = np.where(keep, prob[i], 0)
+          weights = alpha * nucleus / nucleus.sum()
+          weights[m_id] += 1 - alpha
+          beliefs[s + i] = weights
+    out.append(x)
+    nfes.append(nfe)
+    refines.append(n_refine)
+    stops.append(n_stop)
+  return np.stack(out), np.array(nfes), np.array(refines), np.array(stops)
+
+
+def smoothing_reference(model, prompts, valid, *, gen_length, block_length, tau, w_max=0.3, w_init=0.15,
+                        w_growth=0.02, decay=0.02):
+  """dInfer's IterationSmooth + ThresholdParallelDecoder (no cache, greedy), written from its description, one row
+  at a time with Fast-dLLM's tie rule.  -> (canvas [B, P + G], forwards per row [B])."""
+  fwd = _soft_forward(model)
+  m_id = model.cfg.mask_id
+  table = np.asarray(model.embed.embedding[...], np.float64)
+  b, p = prompts.shape
+  out, nfes = [], []
+  for row in range(b):
+    x = np.concatenate([np.asarray(prompts[row]), np.full(gen_length, m_id)]).astype(np.int32)
+    v = np.concatenate([np.asarray(valid[row]), np.ones(gen_length, bool)])[None]
+    beliefs, t = {}, 0
+    for blk in range(gen_length // block_length):
+      s, e = p + blk * block_length, p + (blk + 1) * block_length
+      while (x[s:e] == m_id).any():
+        logits = fwd(_row_inputs(table, x, beliefs, m_id), v)[p:]  # every answer slot
+        logits[:, m_id] = -np.inf
+        weight, tau_t = min(w_init + w_growth * t, w_max), max(1 - decay * t, tau)
+        prob = softmax(logits)
+        x0 = logits.argmax(-1)
+        conf = prob[np.arange(gen_length), x0][s - p:e - p]
+        masked = x[s:e] == m_id
+        chosen = masked & (conf >= tau_t)
+        chosen[np.argmax(np.where(masked, conf, -np.inf))] = True
+        x[s:e] = np.where(chosen, x0[s - p:e - p], x[s:e])
+        for i in range(gen_length):
+          weights = weight * prob[i]
+          weights[m_id] += 1.0
+          beliefs[p + i] = weights
+        t += 1
+    out.append(x)
+    nfes.append(t)
+  return np.stack(out), np.array(nfes)

@@ -9,6 +9,9 @@ the cache plan, and exposes the two ways a step can obtain the active block's hi
   cached(tokens, kv, start, block, step)          a block-entry refresh (step 0) or a window forward against the
                                                   cache (dlm/engine/cache.py); under CFG one forward of 2B rows.
 
+Both take an optional `soft` = (embed [B, G, D], on [B, G]): the belief inputs of a `soft_inputs` sampler, fed
+at answer slots that are on and still masked (`inputs`); the active block always lies inside a cached window, so
+every policy sees the current beliefs there.
 Both return the view's conditional hidden states [B, N, D] and, under CFG, the unconditional ones; `head` turns
 them into the statistics a sampler asked for (dlm.kernels.head, the fused decode head; CFG combined on the
 logits tile by tile).  `dlm.eval.bench` replays exactly these calls with no sampler work to measure its cost.
@@ -84,6 +87,17 @@ class NetworkCalls:
     """LLaDA's unsupervised CFG input: every prompt position masked.  [B, L] -> [B, L]."""
     return jnp.where(self.prompt_region[None], self.net.cfg.mask_id, tokens)
 
+  def inputs(self, tokens, soft=None):
+    """The network's input for a canvas [B, L]: the token ids themselves, or with `soft` = (embed [B, G, D],
+    on [B, G]) the embeddings [B, L, D] with the belief mixture at answer slots that are on and still masked."""
+    if soft is None:
+      return tokens
+    embed, on = soft
+    p = self.prompt_length
+    x = self.net.embed_tokens(tokens)  # [B, L, D]
+    use = on & (tokens[:, p:] == self.net.cfg.mask_id)  # [B, G]
+    return x.at[:, p:].set(jnp.where(use[..., None], embed.astype(x.dtype), x[:, p:]))
+
   def empty_kv(self):
     if self.plan is None:
       return ()
@@ -91,19 +105,19 @@ class NetworkCalls:
 
   # -- cache 'none' ------------------------------------------------------------------------------------------
 
-  def forward(self, tokens):
+  def forward(self, tokens, soft=None):
     """[B, L] -> hidden [B, L, D]: one full forward of the conditional canvas."""
-    hidden, _ = self.net(tokens, self.positions, self.valid)
+    hidden, _ = self.net(self.inputs(tokens, soft), self.positions, self.valid)
     return hidden
 
-  def block_hidden(self, tokens, hidden, start, length: int | None = None):
+  def block_hidden(self, tokens, hidden, start, length: int | None = None, soft=None):
     """-> hidden [B, N, D] of slots [start, start + N) (N = Bk unless `length` says) from the conditional hidden
     states, and under CFG the unconditional ones (a second forward), else None."""
     n = self.block_length if length is None else length
     hidden_block = block_hidden_of(self.net, hidden, start, n)
     uncond = None
     if self.cfg_scale > 0:
-      uncond = block_hidden_of(self.net, self.forward(self.unconditional(tokens)), start, n)
+      uncond = block_hidden_of(self.net, self.forward(self.unconditional(tokens), soft), start, n)
     return hidden_block, uncond
 
   def head(self, hidden_block, uncond, request: HeadRequest, *, key=None, tokens=None) -> HeadStats:
@@ -147,12 +161,14 @@ class NetworkCalls:
 
   # -- cached policies ---------------------------------------------------------------------------------------
 
-  def _rows(self, tokens):  # [B, L] -> [R, L]: the unconditional canvas rides along as B extra rows under CFG
+  def _rows(self, tokens, soft=None):
+    """[B, L] -> [R, L] (or [R, L, D] embeddings with soft inputs): under CFG the unconditional canvas rides
+    along as B extra rows."""
     if self.cfg_scale > 0:
-      return jnp.concatenate([tokens, self.unconditional(tokens)], axis=0)
-    return tokens
+      return jnp.concatenate([self.inputs(tokens, soft), self.inputs(self.unconditional(tokens), soft)], axis=0)
+    return self.inputs(tokens, soft)
 
-  def cached(self, tokens, kv, start, block, step):
+  def cached(self, tokens, kv, start, block, step, soft=None):
     """-> hidden [B, Bk, D], CFG's unconditional hidden [B, Bk, D] or None, new cache, positions recomputed."""
     plan, bk, b = self.plan, self.block_length, self.batch
 
@@ -170,7 +186,7 @@ class NetworkCalls:
 
     programs = [refresh] + [windowed(w) for w in plan.programs]
     which = jnp.where(step == 0, 0, 1 + self.window_branch[block])
-    hidden_block, kv = jax.lax.switch(which, programs, self._rows(tokens), kv, start, block)  # [R, Bk, D]
+    hidden_block, kv = jax.lax.switch(which, programs, self._rows(tokens, soft), kv, start, block)  # [R, Bk, D]
     uncond = None
     if self.cfg_scale > 0:
       hidden_block, uncond = hidden_block[:b], hidden_block[b:]

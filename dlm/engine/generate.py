@@ -108,6 +108,9 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
                                  ("verification rows", sampler.verify_rows)) if on]
   if needs and cache != "none":
     raise ValueError(f"cache={cache!r}: {type(sampler).__name__} needs {needs[0]}, which only cache='none' provides")
+  if sampler.soft_inputs and (sampler.verify_rows or sampler.reuse_unchanged):
+    raise ValueError(f"{type(sampler).__name__}: soft_inputs cannot be combined with verification rows or the "
+                     "reuse of unchanged predictions (a belief update is a change the canvas does not show)")
   if sampler.verify_rows and (model.cfg.logit_shift or sampler.cfg_scale > 0 or sampler.reuse_unchanged):
     raise ValueError(f"{type(sampler).__name__}'s verification rows need a model without logit shift (LLaDA "
                      "layout), cfg_scale=0 and no reuse of unchanged predictions")
@@ -175,6 +178,28 @@ def _first_end(answer, end_ids):
   return jnp.where(is_end.any(-1), jnp.argmax(is_end, -1), answer.shape[1])
 
 
+def _update_beliefs(net, soft_embed, soft_on, soft, active, offset, width: int, name: str, soft_mode: bool):
+  """Write a step's beliefs (Decision.soft [B, Bv, V]) into the loop's [B, G, D] soft inputs at the view's
+  answer slots [offset, offset + Bv), for active rows.  Checked at trace time against `soft_inputs`."""
+  if not soft_mode:
+    if soft is not None:
+      raise ValueError(f"{name}.step returned Decision.soft but {name}.soft_inputs is False; set it to True")
+    return soft_embed, soft_on
+  b = soft_on.shape[0]
+  expected = (b, width, net.cfg.vocab_size)
+  if soft is None or soft.shape != expected:
+    got = None if soft is None else soft.shape
+    raise ValueError(f"{name}.soft_inputs is True, so its step must return Decision.soft of shape "
+                     f"[B, Bv, V]={expected}, got {got}")
+  mixed = net.embed_mixture(soft)  # [B, Bv, D]
+  old_embed = jax.lax.dynamic_slice_in_dim(soft_embed, offset, width, axis=1)
+  old_on = jax.lax.dynamic_slice_in_dim(soft_on, offset, width, axis=1)
+  new_embed = jnp.where(active[:, None, None], mixed, old_embed)
+  new_on = old_on | active[:, None]
+  return (jax.lax.dynamic_update_slice_in_dim(soft_embed, new_embed, offset, axis=1),
+          jax.lax.dynamic_update_slice_in_dim(soft_on, new_on, offset, axis=1))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampler", "spec"))
 def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sampler: Sampler, spec: EngineSpec):
   """-> (Generation, aux): aux holds the loop's iteration counts (and the divergence probe) for bench/reports."""
@@ -210,6 +235,10 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
   answer_view = sampler.view_span == "answer"
   bv = g if answer_view else bk
   verify = sampler.verify_rows
+  # Belief state (docs/design.md §1, item 2): the mixed input embedding of every answer slot and whether it has
+  # one; zero-size unless the sampler feeds soft inputs, so other samplers' programs are unchanged.
+  soft_mode = sampler.soft_inputs
+  soft_slots = g if soft_mode else 0
 
   init = LoopState(
       tokens=tokens0, block=jnp.int32(0), step=jnp.int32(0), iteration=jnp.int32(0),
@@ -220,7 +249,9 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
       cached_hidden=jnp.zeros(hidden_shape, cfg.compute_dtype),
       history=jnp.zeros((spec.history_length if spec.record else 0, b, g), jnp.int32), key=key,
       carry=sampler.init(b, bv, cfg.vocab_size), kv=kv0, tokens_computed=jnp.zeros((b,), jnp.int32),
-      block_iterations=jnp.zeros((spec.num_blocks,), jnp.int32), probe=probe0)
+      block_iterations=jnp.zeros((spec.num_blocks,), jnp.int32), probe=probe0,
+      soft_embed=jnp.zeros((b, soft_slots, cfg.d_model), cfg.compute_dtype),
+      soft_on=jnp.zeros((b, soft_slots), bool))
 
   def cond(s: LoopState):
     return (s.iteration < max_steps) & ~jnp.all(s.done)
@@ -236,12 +267,13 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
     entry_masked = jnp.where(s.step == 0, block_masked.sum(-1).astype(jnp.int32), s.entry_masked)
     kv, probe = s.kv, s.probe
     key, k_step = jax.random.split(s.key)
+    soft = (s.soft_embed, s.soft_on) if soft_mode else None
     if plan is not None:
-      hidden_block, uncond, kv, width = calls.cached(s.tokens, s.kv, start, s.block, s.step)
+      hidden_block, uncond, kv, width = calls.cached(s.tokens, s.kv, start, s.block, s.step, soft)
       view = to_view(hidden_block, uncond, sampler.head_request, k_step, blk)
       ran, charged = True, active
       if spec.probe:
-        _, full_logits = calls.block_logits(s.tokens, calls.forward(s.tokens), start)
+        _, full_logits = calls.block_logits(s.tokens, calls.forward(s.tokens, soft), start)
         logits = calls.head(hidden_block, uncond, LOGITS).logits
         gap = jnp.where(jnp.isfinite(full_logits), jnp.abs(logits - full_logits), 0.0).max(-1)  # [B, Bk]
         gap = jnp.where(masked & active[:, None], gap, 0.0).max(-1)  # [B]
@@ -261,9 +293,9 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
         ran, charged = True, active
         width = p + g + bk
       else:
-        hidden = calls.forward(s.tokens)
+        hidden = calls.forward(s.tokens, soft)
         ran, charged = True, active
-      hidden_block, uncond = calls.block_hidden(s.tokens, hidden, vs, bv)
+      hidden_block, uncond = calls.block_hidden(s.tokens, hidden, vs, bv, soft=soft)
       view = to_view(hidden_block, uncond, sampler.head_request, k_step, blk)
       if shadow is not None:
         shadow_tokens = jax.lax.dynamic_slice_in_dim(s.tokens, start, bk, axis=1)  # [B, Bk]
@@ -284,6 +316,8 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
       new_steps = jnp.where(remask, -1, new_steps)
       changed, remasked = changed | remask.any(-1), remasked + remask.sum(-1).astype(jnp.int32)
     hold = jnp.zeros((b,), bool) if decision.hold is None else decision.hold & active
+    soft_embed, soft_on = _update_beliefs(net, s.soft_embed, s.soft_on, decision.soft, active, vs - p, bv,
+                                          type(sampler).__name__, soft_mode)
     tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, blk, vs, axis=1)
     commit_step = jax.lax.dynamic_update_slice_in_dim(s.commit_step, new_steps, vs - p, axis=1)
 
@@ -312,7 +346,8 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
         fresh=(s.fresh | ran) & ~changed if reuse else s.fresh,
         cached_hidden=hidden if reuse else s.cached_hidden, history=history, key=key, carry=carry, kv=kv,
         tokens_computed=s.tokens_computed + charged * (width * forwards_per_step),
-        block_iterations=s.block_iterations.at[s.block].add(1), probe=probe)
+        block_iterations=s.block_iterations.at[s.block].add(1), probe=probe, soft_embed=soft_embed,
+        soft_on=soft_on)
 
   final = jax.lax.while_loop(cond, body, init)
   answer = final.tokens[:, p:]

@@ -101,6 +101,11 @@ class Decision:
     so prompt tokens can never be touched.  A remasked slot's commit_step goes back to -1 until recommitted.
   hold: [B] bool or None: rows that keep the block open although it has no masks left (a remasking sampler
     with steps to go); such a row stays active and is charged NFE until it stops holding.
+  soft: [B, Bv, V] float or None: the sampler's belief per view slot, as mixture weights over the vocabulary
+    (samplers with `soft_inputs`, required there): on the next forward a slot that is still masked is fed
+    sum_v soft[v] * E[v] (E: the network's input embeddings; weights need not sum to 1, and weight on the mask
+    id is the mask embedding's share), instead of the mask embedding.  One-hot weights give exactly the
+    embedding of that token.  Written for active rows only; a slot's last belief stays until overwritten.
   The plain tuple `(tokens, commit, carry)` is the same as `(Decision(tokens, commit), carry)`.
   """
 
@@ -108,6 +113,7 @@ class Decision:
   commit: jax.Array
   remask: jax.Array | None = None
   hold: jax.Array | None = None
+  soft: jax.Array | None = None
 
 
 def as_decision(out) -> tuple[Decision, object]:
@@ -177,6 +183,8 @@ class LoopState:
   tokens_computed: jax.Array  # [B] int32, canvas positions the network recomputed for this row
   block_iterations: jax.Array  # [num_blocks] int32, loop iterations spent in each block
   probe: object  # divergence probe (engine-internal), () unless requested
+  soft_embed: jax.Array  # [B, G, D] input embedding of each answer slot's belief (soft_inputs), else [B, 0, D]
+  soft_on: jax.Array  # [B, G] bool, the slot has a belief to feed while it is masked (soft_inputs), else [B, 0]
 
 
 @flax.struct.dataclass

@@ -147,6 +147,16 @@ class Transformer(nnx.Module):
     """[B, W] int -> [B, W, D]; also the table that soft inputs mix."""
     return self.embed(tokens)
 
+  def embed_mixture(self, weights: jax.Array) -> jax.Array:
+    """Soft inputs: [..., V] mixture weights -> [..., D] = sum_v weights[v] * E[v] (E: the input embeddings).
+
+    Accumulated in float32 at HIGHEST precision (TPUs otherwise run f32 matmuls in bf16 passes) and rounded to
+    the compute dtype like an embedding lookup, so a one-hot row gives exactly `embed_tokens` of its token.
+    """
+    table = self.embed.embedding[...].astype(jnp.float32)  # [V, D]
+    mixed = jnp.einsum("...v,vd->...d", weights.astype(jnp.float32), table, precision=jax.lax.Precision.HIGHEST)
+    return mixed.astype(self.cfg.compute_dtype)
+
   def __call__(self, inputs: jax.Array, positions: jax.Array, valid: jax.Array,
                cache: KVCache | None = None, window_start: jax.Array | int | None = None):
     cfg = self.cfg
