@@ -119,6 +119,8 @@ def cmd_train(args):
   cfg = TrainConfig.from_yaml(args.config or packaged_config("bundled.yaml"))
   if args.steps is not None:
     cfg = dataclasses.replace(cfg, steps=args.steps)
+  if args.causal:
+    cfg = dataclasses.replace(cfg, objective="autoregressive", model={**cfg.model, "causal": True})
   train(cfg, args.out)
   print(f"model written to {Path(args.out) / 'model'}")
 
@@ -298,6 +300,8 @@ def main(argv=None):
   p.add_argument("--config", default=None, type=existing_file, help="recipe YAML (default: the bundled recipe)")
   p.add_argument("--out", required=True)
   p.add_argument("--steps", type=positive_int, default=None)
+  p.add_argument("--causal", action="store_true",
+                 help="train a left-to-right model by next-token CE (APD's small AR model) instead of a dLLM")
   p.set_defaults(fn=cmd_train)
 
   p = sub.add_parser("compare", help="run a grid of samplers on the built-in tasks")

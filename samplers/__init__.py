@@ -1,6 +1,7 @@
 """Samplers: frozen, hashable dataclasses behind the `Sampler` protocol (DESIGN.md §2)."""
 
 from dlm.samplers.ancestral import Ancestral
+from dlm.samplers.apd import AdaptiveParallel
 from dlm.samplers.base import Sampler, exponential_hires, gumbel_argmax, probability_of, topk_per_row
 from dlm.samplers.dilated import Dilated
 from dlm.samplers.dinfer import Credit, Hierarchy
@@ -16,6 +17,6 @@ from dlm.samplers.smoothing import IterationSmoothing
 from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
 
-__all__ = ["Ancestral", "Credit", "Dilated", "DreamSampler", "EntropyBounded", "Factor", "Hierarchy",
+__all__ = ["AdaptiveParallel", "Ancestral", "Credit", "Dilated", "DreamSampler", "EntropyBounded", "Factor", "Hierarchy",
            "IterationSmoothing", "Klass", "LatentRefinement", "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "Sampler", "Threshold", "Wino",
            "exponential_hires", "gumbel_argmax", "make_sampler", "probability_of", "topk_per_row"]

@@ -33,6 +33,9 @@ class Sampler(abc.ABC):
   # its step must return `Decision(soft=[B, Bv, V])`, and the next forward feeds still-masked slots the mixture
   # of input embeddings (docs/design.md §1, item 2).
   soft_inputs: bool = False
+  # Whether the sampler limits what the next forward sees: `horizon(carry)` -> [B] answer-slot bound, and answer
+  # slots at or beyond it are hidden from every query (APD's masked-input limit M; cache 'none').
+  input_horizon: bool = False
 
   @property
   def head_request(self) -> HeadRequest:
@@ -70,6 +73,21 @@ class Sampler(abc.ABC):
   def step(self, view: View, block: BlockState, carry, key: jax.Array):
     """-> (tokens [B, Bk] int32, commit [B, Bk] bool, carry)."""
 
+  def horizon(self, carry):
+    """[B] int32: the next forward sees answer slots < horizon only (samplers with `input_horizon`)."""
+    raise NotImplementedError(f"{type(self).__name__} sets input_horizon but does not define horizon(carry)")
+
+  def default_params(self):
+    """The traced parameters `generate` passes as `View.params` when the caller gives no `sampler_params`
+    (docs/design.md §1, item 1): a learned head's or a second network's weights; None for most samplers."""
+    return None
+
+  def report(self, carry) -> dict:
+    """Per-row extra measurements from the final carry ({name: [B] array}), returned as `Generation.extras`
+    (APD's AR-model forwards and FLOPs).  Called inside the compiled program."""
+    del carry
+    return {}
+
   @property
   def family(self) -> str:
     """Name of the sampler family (one line per family in frontier plots)."""
@@ -88,7 +106,7 @@ def drive_step(sampler: Sampler, view: View, block: BlockState, carry, key: jax.
   def complete(logits, request, tokens):
     request = resolve_request(request, block.end_ids[0])
     stats = stats_from_logits(logits, request, mask_id=block.mask_id, seed=head_seed(request, key), tokens=tokens)
-    return View.from_stats(stats, view.hidden)
+    return View.from_stats(stats, view.hidden).replace(params=view.params)
 
   if view.stats is None:
     verify = None

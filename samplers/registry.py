@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dlm.samplers.base import Sampler
 from dlm.samplers.ancestral import Ancestral
+from dlm.samplers.apd import AdaptiveParallel
 from dlm.samplers.dilated import Dilated
 from dlm.samplers.dinfer import Credit, Hierarchy
 from dlm.samplers.dream import DreamSampler
@@ -34,6 +35,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "klass": Klass,
     "lrd": LatentRefinement,
     "smoothing": IterationSmoothing,
+    "apd": AdaptiveParallel,
 }
 
 

@@ -221,3 +221,47 @@ def smoothing_reference(model, prompts, valid, *, gen_length, block_length, tau,
     out.append(x)
     nfes.append(t)
   return np.stack(out), np.array(nfes)
+
+
+def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M):
+  """APD at T = 0 written from the paper's loop (danielmisrael/apd `apd_sample`), one row at a time, the AR model
+  recomputed in full (no cache) and the dLLM fed the canvas cut at slot t + M.  -> (canvas [B, P + G], forwards
+  per row [B])."""
+  def forward(net):
+    @jax.jit
+    def fwd(tokens, valid):
+      hidden, _ = net(tokens, positions_from_valid(valid), valid)
+      return net.logits(hidden, shift=False if net.cfg.causal else None)
+    return lambda tokens, valid: np.asarray(fwd(tokens, valid), np.float64)[0]
+
+  fwd_d, fwd_ar = forward(dllm), forward(ar)
+  m_id, eos, ends = dllm.cfg.mask_id, dllm.cfg.eos_id, dllm.cfg.end_ids
+  b, p = prompts.shape
+  out, nfes = [], []
+  for row in range(b):
+    x = np.concatenate([np.asarray(prompts[row]), np.full(gen_length, m_id)]).astype(np.int32)
+    v = np.concatenate([np.asarray(valid[row]), np.ones(gen_length, bool)])
+    t = nfe = 0
+    while t < gen_length:
+      r = min(t + M, gen_length)
+      logits_d = fwd_d(x[None, :p + r], v[None, :p + r])[p + t:p + r]
+      logits_d[:, m_id] = -np.inf
+      draft = logits_d.argmax(-1)
+      seq = x.copy()
+      seq[p + t:p + r] = draft
+      logits_ar = fwd_ar(seq[None, :p + r], v[None, :p + r])[p + t - 1:p + r - 1]
+      logits_ar[:, m_id] = -np.inf
+      mix = (R * logits_d if R > 0 else 0) + ((1 - R) * logits_ar if R < 1 else 0)
+      agree = draft == np.argmax(mix, -1)
+      agree[0] = True
+      a = int(np.cumprod(agree).sum())
+      x[p + t:p + t + a] = draft[:a]
+      nfe += 1
+      end = [i for i in range(a) if draft[i] in ends]
+      if end:
+        x[p + t + end[0] + 1:] = eos
+        break
+      t += a
+    out.append(x)
+    nfes.append(nfe)
+  return np.stack(out), np.array(nfes)

@@ -105,9 +105,13 @@ class NetworkCalls:
 
   # -- cache 'none' ------------------------------------------------------------------------------------------
 
-  def forward(self, tokens, soft=None):
-    """[B, L] -> hidden [B, L, D]: one full forward of the conditional canvas."""
-    hidden, _ = self.net(self.inputs(tokens, soft), self.positions, self.valid)
+  def forward(self, tokens, soft=None, horizon=None):
+    """[B, L] -> hidden [B, L, D]: one full forward of the conditional canvas.  horizon [B]: answer slots at or
+    beyond it are hidden keys (a sampler's masked-input limit); their own outputs are not used."""
+    valid = self.valid
+    if horizon is not None:
+      valid = valid & (jnp.arange(valid.shape[1])[None] < self.prompt_length + horizon[:, None])
+    hidden, _ = self.net(self.inputs(tokens, soft), self.positions, valid)
     return hidden
 
   def block_hidden(self, tokens, hidden, start, length: int | None = None, soft=None):

@@ -108,6 +108,9 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
                                  ("verification rows", sampler.verify_rows)) if on]
   if needs and cache != "none":
     raise ValueError(f"cache={cache!r}: {type(sampler).__name__} needs {needs[0]}, which only cache='none' provides")
+  if sampler.input_horizon and (cache != "none" or sampler.cfg_scale > 0 or sampler.verify_rows):
+    raise ValueError(f"cache={cache!r}: {type(sampler).__name__} limits the inputs of each forward (input_horizon), "
+                     "which needs cache='none', cfg_scale=0 and no verification rows")
   if sampler.soft_inputs and (sampler.verify_rows or sampler.reuse_unchanged):
     raise ValueError(f"{type(sampler).__name__}: soft_inputs cannot be combined with verification rows or the "
                      "reuse of unchanged predictions (a belief update is a change the canvas does not show)")
@@ -120,7 +123,7 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
              block_length: int | None = None, cache: str = "none", window: int = DEFAULT_WINDOW,
              max_nfe: int | None = None, key: jax.Array | None = None, record: bool = False,
              stop_at_eos: bool = False, head: str = "auto", head_blocks: HeadBlocks | None = None,
-             attention: str = "auto") -> Generation:
+             attention: str = "auto", sampler_params=None) -> Generation:
   """Fill `gen_length` answer slots after each (left-padded) prompt.
 
   prompts: [B, P] int token ids, left-padded; prompt_valid: [B, P] bool (False on padding; default all True).
@@ -134,18 +137,20 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
     logits unless the sampler asks for them; 'ref' materialises them; 'pallas' runs kernels/head_pallas.py).
     Every implementation gives the sampler the same statistics (the same sample for the same key).
   attention: the attention backend ('auto' = 'xla'; 'dot_product', 'cudnn', 'splash': dlm.kernels.attention).
+  sampler_params: a pytree the sampler reads as `View.params` (learned heads' weights, APD's AR model), passed
+    as a traced argument: new weights reuse the compiled program.  None: `sampler.default_params()`.
   """
   args, statics = _prepare(model, prompts, prompt_valid, sampler=sampler, gen_length=gen_length,
                            block_length=block_length, cache=cache, window=window, max_nfe=max_nfe, key=key,
                            record=record, stop_at_eos=stop_at_eos, head=head, head_blocks=head_blocks,
-                           attention=attention)
+                           attention=attention, sampler_params=sampler_params)
   out, _ = _generate_jit(*args, **statics)
   return out.replace(prompt_length=args[2].shape[1])
 
 
 def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_length=None, cache="none",
              window=DEFAULT_WINDOW, max_nfe=None, key=None, record=False, stop_at_eos=False, probe=False,
-             head="auto", head_blocks=None, attention="auto"):
+             head="auto", head_blocks=None, attention="auto", sampler_params=None):
   """Check the arguments -> (positional args, static kwargs) of `_generate_jit` (also used to time its compile)."""
   prompts = jnp.asarray(prompts)
   if prompt_valid is not None:
@@ -168,7 +173,10 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
   graphdef, state = nnx.split(model)
   # The budget is a traced argument, so sweeping max_nfe reuses one compiled program.
   max_steps = jnp.int32(budget // forwards_per_step)
-  args = (graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps)
+  if sampler_params is None:
+    sampler_params = sampler.default_params()
+  params = () if sampler_params is None else sampler_params
+  args = (graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps, params)
   return args, dict(sampler=sampler, spec=spec)
 
 
@@ -201,7 +209,8 @@ def _update_beliefs(net, soft_embed, soft_on, soft, active, offset, width: int, 
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampler", "spec"))
-def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sampler: Sampler, spec: EngineSpec):
+def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, *, sampler: Sampler,
+                  spec: EngineSpec):
   """-> (Generation, aux): aux holds the loop's iteration counts (and the divergence probe) for bench/reports."""
   net: Transformer = nnx.merge(graphdef, state)
   if spec.attention != "xla":
@@ -219,7 +228,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
     # The head bans the mask id: a slot committed to it would stay unresolved forever, so no sampler may propose
     # it (MDLM's SUBS does the same; LLaDA and Dream leave it, but their trained networks give it ~zero mass).
     stats = calls.head(hidden_block, uncond, request, key=key, tokens=view_tokens)
-    return View.from_stats(stats, hidden_block)
+    return View.from_stats(stats, hidden_block).replace(params=params)
 
   # No-change reuse (MDLM's cache) only with cache='none': under a KV cache a skipped step would also skip the
   # cache bookkeeping (a block-entry refresh could be skipped), and the cached policies already make steps cheap.
@@ -293,7 +302,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
         ran, charged = True, active
         width = p + g + bk
       else:
-        hidden = calls.forward(s.tokens, soft)
+        hidden = calls.forward(s.tokens, soft, sampler.horizon(s.carry) if sampler.input_horizon else None)
         ran, charged = True, active
       hidden_block, uncond = calls.block_hidden(s.tokens, hidden, vs, bv, soft=soft)
       view = to_view(hidden_block, uncond, sampler.head_request, k_step, blk)
@@ -302,7 +311,8 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
         view = view.replace(verify=to_view(shadow, None, sampler.verify_request, k_step, shadow_tokens))
     block_state = BlockState(tokens=blk, masked=masked, active=active, entry_masked=entry_masked, step=s.step,
                              block=s.block, num_blocks=spec.num_blocks, block_length=bk, mask_id=cfg.mask_id,
-                             end_ids=cfg.end_ids, in_block=in_block if answer_view else None)
+                             end_ids=cfg.end_ids, in_block=in_block if answer_view else None, prompt=prompts,
+                             prompt_valid=prompt_valid)
     decision, carry = as_decision(sampler.step(view, block_state, s.carry, k_step))
     commit = decision.commit & masked & active[:, None]
     blk = jnp.where(commit, decision.tokens.astype(jnp.int32), blk)
@@ -359,6 +369,6 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, *, sam
                    finished=finished,
                    gen_tokens=gen_tokens.astype(jnp.int32), commit_step=final.commit_step, remasked=final.remasked,
                    history=final.history if spec.record else None,
-                   tokens_computed=final.tokens_computed.astype(jnp.int32))
+                   tokens_computed=final.tokens_computed.astype(jnp.int32), extras=sampler.report(final.carry))
   aux = dict(iterations=final.iteration, block_iterations=final.block_iterations, probe=final.probe)
   return out, aux

@@ -20,6 +20,8 @@ class View:
     `logits=True`; None otherwise.
   hidden: [B, Bv, D] final hidden states feeding those statistics (for learned heads; CFG's unconditional pass
     is not included).
+  params: the `sampler_params` pytree passed to `generate` (or the sampler's `default_params()`), a traced argument
+    of the compiled program: new weights never recompile (docs/design.md §1, item 1).
   verify: with a sampler's `verify_rows`, the View of the block's leave-one-out shadow rows (WINO), filled per
     the sampler's `verify_request`: row i sees the canvas with block slot i hidden
     (dlm.engine.calls.NetworkCalls.forward_with_shadow); its `token_prob` is of the block's current tokens.
@@ -30,6 +32,7 @@ class View:
   hidden: jax.Array | None
   verify: "View | None" = None
   stats: object = None  # dlm.kernels.HeadStats [B, Bv]
+  params: object = None  # the traced `sampler_params` pytree (learned heads, APD's AR model), () when none
 
   @classmethod
   def from_stats(cls, stats, hidden) -> "View":
@@ -151,6 +154,8 @@ class BlockState:
   mask_id: int = flax.struct.field(pytree_node=False)
   end_ids: tuple[int, ...] = flax.struct.field(pytree_node=False)
   in_block: jax.Array | None = None  # [Bv] bool, the active block's slots in the view (None: the whole view)
+  prompt: jax.Array | None = None  # [B, P] the prompts (left-padded), for samplers that run a model of their own
+  prompt_valid: jax.Array | None = None  # [B, P] bool, False on padding
 
   @property
   def block_masked(self) -> jax.Array:
@@ -203,6 +208,7 @@ class Generation:
   history: [T, B, G] answer tokens after each iteration (only with record=True).
   tokens_computed: [B] canvas positions the network recomputed for the row, summed over its charged calls: L per
     full forward, the window width per cached step (a CFG step counts both passes), prompt padding included.
+  extras: the sampler's `report(carry)`: per-row measurements of its own ({name: [B]}; APD's AR cost), else {}.
   """
 
   tokens: jax.Array
@@ -215,6 +221,7 @@ class Generation:
   remasked: jax.Array | None = None
   history: jax.Array | None = None
   tokens_computed: jax.Array | None = None
+  extras: dict | None = None
   prompt_length: int = flax.struct.field(pytree_node=False, default=0)
 
   @property

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import jax
+from flax import nnx
 import numpy as np
 import yaml
 from tqdm.auto import tqdm
@@ -158,7 +159,7 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
   t0 = time.perf_counter()
   run(prompts[:batch], valid[:batch], key)  # compile + warm up on the timed shapes
   compile_s = time.perf_counter() - t0
-  answers, nfe, gen_tokens, batch_nfe, wall = [], [], [], [], 0.0
+  answers, nfe, gen_tokens, batch_nfe, wall, extras = [], [], [], [], 0.0, {}
   for i in range(0, n, batch):
     p, v = prompts[i:i + batch], valid[i:i + batch]
     rows = len(p)
@@ -172,6 +173,8 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
     nfe.append(np.asarray(out.nfe)[:rows])
     gen_tokens.append(np.asarray(out.gen_tokens)[:rows])
     batch_nfe.append(int(out.batch_nfe))
+    for name, value in (out.extras or {}).items():
+      extras.setdefault(name, []).append(np.asarray(value)[:rows])
   answers, nfe, gen_tokens = np.concatenate(answers), np.concatenate(nfe), np.concatenate(gen_tokens)
   end_ids = np.asarray(model.cfg.end_ids)
   scores = task.score(exs, answers)
@@ -179,6 +182,13 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
                   if hasattr(task, "distribution_metrics") else None)
   peers = peer_token_counts(answers, model.cfg.end_ids)
   total_nfe = max(int(nfe.sum()), 1)
+  extras = {name: np.concatenate(parts) for name, parts in extras.items()}
+  record_extras = {f"{name}_mean": float(value.mean()) for name, value in extras.items()}
+  if "aux_flops" in extras:
+    # A second model's FLOPs (APD's AR model) in units of one dLLM forward over the canvas (2 N L per row).
+    dllm_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    per_forward = 2.0 * dllm_params * (prompts.shape[1] + gen_length)
+    record_extras["nfe_flops_mean"] = float((nfe + extras["aux_flops"] / per_forward).mean())
   return {
       "sampler": entry.sampler, "family": family_name(entry, sampler), "settings": sampler.settings(), "task": task.name,
       "n": n, "score": float(scores.mean()), "score_ci95": ci95(scores), "nfe_mean": float(nfe.mean()),
@@ -193,7 +203,7 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
       "stop_at_eos": stop_at_eos, "cache": cache, "model": model_name,
       "device": str(jax.devices()[0].device_kind),
       "reference_score": task.reference_score(exs), "accuracy_scored": task.accuracy_scored,
-      "distribution": distribution, "label": label(entry, sampler),
+      "distribution": distribution, "label": label(entry, sampler), **record_extras,
   }
 
 

@@ -37,6 +37,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype of activations.
   param_dtype: str = "float32"
   arch: str = "llada"  # "llada" or "dream": naming of weights in Hugging Face layouts.
+  causal: bool = False  # a left-to-right (autoregressive) network: position i attends to positions <= i only
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_len"):

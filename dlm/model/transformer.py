@@ -93,6 +93,9 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)  # [B, L, Hkv, Dh]
       v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
     allowed = valid[:, None, :] if valid.ndim == 2 else valid  # [B, 1|W, L]
+    if cfg.causal:  # query i of the window sits at canvas index window_start + i; it sees keys <= it
+      query_index = window_start + jnp.arange(w)  # [W]
+      allowed = allowed & (jnp.arange(allowed.shape[-1])[None, None, :] <= query_index[None, :, None])
     out = attend(q, k, v, allowed, self.impl).reshape(b, w, h * dh)
     return self.o_proj(out), (k, v)
 

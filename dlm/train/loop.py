@@ -19,9 +19,12 @@ from dlm.io.params import save_model
 from dlm.model.config import ModelConfig
 from dlm.model.transformer import Transformer
 from dlm.tasks import TOKENIZER, Add, Chain, HMM, Reverse, Sudoku, Sudoku4, Task
-from dlm.train.loss import masked_diffusion_loss
+from dlm.train.loss import autoregressive_loss, masked_diffusion_loss
 
 _TASK_CLASSES = {"add": Add, "sudoku4": Sudoku4, "reverse": Reverse, "hmm": HMM, "chain": Chain, "sudoku": Sudoku}
+
+
+OBJECTIVES = {"diffusion": masked_diffusion_loss, "autoregressive": autoregressive_loss}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +44,16 @@ class TrainConfig:
   seed: int = 0
   ckpt_every: int = 250
   log_every: int = 50
+  # "diffusion": the masked-diffusion loss (a dLLM); "autoregressive": next-token CE on a causal network (the
+  # small AR model of APD; `dlm train --causal` sets it and model.causal).
+  objective: str = "diffusion"
 
   def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"objective={self.objective!r}; expected one of {sorted(OBJECTIVES)}")
+    if (self.objective == "autoregressive") != bool(self.model.get("causal", False)):
+      raise ValueError(f"objective={self.objective!r} needs model.causal={self.objective == 'autoregressive'} "
+                       "(a causal network trains autoregressively, a bidirectional one by masked diffusion)")
     if self.steps <= 0 or self.batch_per_task <= 0:
       raise ValueError(f"{self.steps=} and {self.batch_per_task=} must be positive")
     for name, spec in self.tasks.items():
@@ -128,13 +139,14 @@ def train(cfg: TrainConfig, out_dir, *, progress: bool = True, stop_after: int |
   start = restore_latest(manager, model, optimizer)
 
   weights = [w for _, w, _ in tasks]
+  objective = OBJECTIVES[cfg.objective]
 
   @nnx.jit
   def train_step(model, optimizer, key, batches):
     def loss_fn(model):
       total, metrics = 0.0, {}
       for (task, _, _), w, k, (p, v, a) in zip(tasks, weights, jax.random.split(key, len(tasks)), batches):
-        loss, m = masked_diffusion_loss(model, k, p, v, a)
+        loss, m = objective(model, k, p, v, a)
         total = total + w * loss
         metrics[f"ce_{task.name}"] = m["ce"]
       return total / sum(weights), metrics

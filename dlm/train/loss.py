@@ -37,3 +37,20 @@ def masked_diffusion_loss(net: Transformer, key, prompts, prompt_valid, answers)
   n_masked = jnp.maximum(masked.sum(), 1)
   token_ce = jnp.sum(jnp.where(masked, ce, 0.0)) / n_masked
   return jnp.mean(weighted), {"ce": token_ce}
+
+
+def autoregressive_loss(net: Transformer, key, prompts, prompt_valid, answers):
+  """Next-token cross-entropy of the answer given the prompt, for a causal network (`ModelConfig.causal`): the
+  output at position i predicts token i + 1, so answers[j] is read at position P + j - 1.  The same
+  (key, prompts, prompt_valid, answers) signature as `masked_diffusion_loss`; the key is unused.
+  prompts [B, P], prompt_valid [B, P], answers [B, G] -> (mean CE over answer tokens, metrics)."""
+  del key
+  if not net.cfg.causal:
+    raise ValueError("autoregressive_loss needs a causal network (ModelConfig.causal=True)")
+  tokens = jnp.concatenate([prompts, answers], axis=1)
+  valid = jnp.concatenate([prompt_valid, jnp.ones_like(answers, bool)], axis=1)
+  hidden, _ = net(tokens, positions_from_valid(valid), valid)
+  p, g = prompts.shape[1], answers.shape[1]
+  logits = net.logits(hidden[:, p - 1:p + g - 1], shift=False)  # [B, G, V]
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), answers[..., None], axis=-1)[..., 0]  # [B, G]
+  return jnp.mean(ce), {"ce": jnp.mean(ce)}

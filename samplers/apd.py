@@ -1,0 +1,243 @@
+"""APD, adaptive parallel decoding (Israel, Van den Broeck, Grover, arXiv 2506.00413; danielmisrael/apd,
+`dream/generation_utils.py` `apd_sample`): left-to-right decoding in which the dLLM drafts the next M slots in
+parallel from its marginals and a small autoregressive model, sharing the tokenizer, decides how many to keep.
+
+One step, for each row, with t its first masked answer slot (../shared/research/landscape.md §2):
+  1. the dLLM forward sees the canvas up to slot t + M only (the "masked-input limit"; `input_horizon`);
+  2. draft d_j for j in [t, t + M) from the dLLM's per-slot logits at temperature T with top-p (one noise draw);
+  3. the AR model scores the draft in one teacher-forced pass (its own KV cache, carried in the loop):
+     its logits at slot j read prompt + committed slots + d_t..d_{j-1};
+  4. target y_j = argmax of R * dLLM logits + (1 - R) * AR logits (the product of experts p_D^R p_AR^(1-R));
+  5. accept the longest prefix with d_j == y_j (the first slot always), commit it; once an accepted token is an
+     end-of-text token the rest of the answer becomes EOS and the row is done (the reference stops there).
+R = 1 keeps only the dLLM (every draft slot agrees: M tokens per forward); a perfect AR draft is accepted whole.
+
+Reference code vs paper (`rule`):
+  "reference" (default): as `apd_sample` runs: the draft is `sample_with_gumbel(logits, T, top_p)`, i.e.
+    argmax(z - T log E) with z = top-p(logits / T) and E ~ Exp(1) (LLaDA's noise on already scaled logits, so the
+    draft's effective temperature is T^2); the target is the *noise-free* argmax of the raw mixed logits
+    (`sample_with_gumbel` is called with its default temperature 0, which ignores the shared noise).
+  "paper": one shared Gumbel draw g: d = argmax(z + g), y = argmax(mix / T + g) (exact coupling).
+At T = 0 both are greedy and agree.  The dLLM is recomputed in full every step (the reference's kv_window=None);
+its approximate dLLM cache (the knob W, `kv_window`) is not modelled.
+
+Cost.  The dLLM's forwards are the NFE as for every sampler; the AR model's are counted apart in
+`Generation.extras`: `ar_forwards` and `ar_tokens` per row, and `aux_flops` = 2 * (AR parameters) * ar_tokens,
+which `dlm compare` adds to the dLLM's 2 * N * L per forward as a FLOPs-weighted NFE.
+The AR model: `ar_model` names a folder written by `dlm.io.save_model` ("bundled": `dlm/assets/ar`, trained with
+`dlm train --config configs/ar.yaml`); `generate(..., sampler_params=state)` swaps in other weights of the same
+architecture without recompiling.  Its KV cache has the AR model's max_len slots; slots past the canvas are
+invalid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlm.engine.cache import empty_cache, window_forward
+from dlm.engine.state import BlockState, Decision, View
+from dlm.kernels.head import LOGITS
+from dlm.model.transformer import positions_from_valid
+from dlm.samplers.base import Sampler, check_number, check_positive_int, exponential_hires
+
+RULES = ("reference", "paper")
+
+
+def ar_folder(name: str) -> Path:
+  if name == "bundled":
+    from dlm.assets import ASSETS
+    return ASSETS / "ar"
+  return Path(name).expanduser()
+
+
+@functools.lru_cache(maxsize=4)
+def load_ar(name: str):
+  """-> (graphdef, state, config) of the AR model in folder `name` ("bundled": the shipped one), loaded once."""
+  from dlm.io.params import load_model
+  folder = ar_folder(name)
+  if not (folder / "config.json").is_file():
+    raise FileNotFoundError(f"ar_model={name!r}: no AR model at {folder}; train one with `dlm train --config "
+                            "configs/ar.yaml --out runs/ar` and pass ar_model='runs/ar/model'")
+  model = load_model(folder)
+  if not model.cfg.causal:
+    raise ValueError(f"ar_model={name!r} is not a causal (autoregressive) network; train it with --causal")
+  graphdef, state = nnx.split(model)
+  return graphdef, state, model.cfg
+
+
+def top_p_filter(z: jax.Array, top_p: float) -> jax.Array:
+  """Logits outside the top-p nucleus -> -inf (the usual rule: keep tokens up to the first at which the
+  cumulative probability exceeds top_p; the most likely token always stays).  [..., V] -> [..., V]."""
+  if top_p >= 1.0:
+    return z
+  order = jnp.argsort(-z, axis=-1, stable=True)
+  sorted_z = jnp.take_along_axis(z, order, axis=-1)
+  probs = jax.nn.softmax(sorted_z, axis=-1)
+  drop_sorted = (jnp.cumsum(probs, axis=-1) - probs) > top_p
+  drop = jnp.take_along_axis(drop_sorted, jnp.argsort(order, axis=-1, stable=True), axis=-1)
+  return jnp.where(drop, -jnp.inf, z)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveParallel(Sampler):
+  """APD (module docstring).  Defaults: the reference demo's R = 0.7, M = 100, top_p 0.95, and greedy decoding
+  (the demo samples at T = 0.2)."""
+
+  R: float = 0.7  # mixture weight of the dLLM (apd_mixture_weight); 1 = the dLLM alone
+  M: int = 100  # max_lookahead: draft length and the dLLM's masked-input limit
+  temperature: float = 0.0
+  top_p: float = 0.95
+  rule: str = "reference"
+  ar_model: str = "bundled"
+
+  view_span = "answer"
+  input_horizon = True
+
+  def __post_init__(self):
+    check_number("R", self.R, 0, 1)
+    check_positive_int("M", self.M)
+    check_number("temperature", self.temperature, 0)
+    check_number("top_p", self.top_p, 0, 1, open_lo=True)
+    if self.rule not in RULES:
+      raise ValueError(f"rule={self.rule!r}; expected one of {RULES}")
+    if not isinstance(self.ar_model, str):
+      raise ValueError(f"ar_model={self.ar_model!r} must be 'bundled' or a model folder path")
+
+  @property
+  def family(self):
+    return "apd"
+
+  @property
+  def head_request(self):
+    return LOGITS
+
+  def validate(self, gen_length, block_length):
+    if block_length != gen_length:
+      raise ValueError(f"block_length={block_length}: APD decodes the whole answer left to right; use "
+                       f"block_length=gen_length={gen_length}")
+
+  def max_nfe(self, gen_length, block_length):
+    return gen_length  # >= 1 accepted slot per step
+
+  def default_params(self):
+    return load_ar(self.ar_model)[1]
+
+  def init(self, batch, block_length, vocab_size=0):
+    _, _, cfg = load_ar(self.ar_model)
+    return dict(kv=empty_cache(cfg, batch, cfg.max_len), horizon=jnp.full((batch,), self.M, jnp.int32),
+                ar_forwards=jnp.zeros((batch,), jnp.int32), ar_tokens=jnp.zeros((batch,), jnp.int32),
+                aux_flops=jnp.zeros((batch,), jnp.float32))
+
+  def horizon(self, carry):
+    return carry["horizon"]
+
+  def report(self, carry):
+    return {k: carry[k] for k in ("ar_forwards", "ar_tokens", "aux_flops")}
+
+  def step(self, view: View, block: BlockState, carry, key):
+    graphdef, _, cfg = load_ar(self.ar_model)
+    ar = nnx.merge(graphdef, view.params)
+    logits = view.logits.astype(jnp.float32)  # [B, G, V], mask id -inf
+    b, g, vocab = logits.shape
+    if cfg.vocab_size != vocab:
+      raise ValueError(f"ar_model={self.ar_model!r} has a vocabulary of {cfg.vocab_size}, the dLLM {vocab}: APD "
+                       "needs models that share the tokenizer")
+    p = block.prompt.shape[1]
+    length = p + g
+    if length > cfg.max_len:
+      raise ValueError(f"prompt {p} + gen_length {g} = {length} exceeds the AR model's max_len={cfg.max_len}")
+    m = min(self.M, g)  # static draft width
+    masked = block.masked  # [B, G]
+    t = jnp.argmax(masked, axis=-1).astype(jnp.int32)  # first masked slot (left to right: all after it masked)
+    idx = t[:, None] + jnp.arange(m)[None]  # [B, m] draft slots
+    in_range = idx < g
+    idx_c = jnp.minimum(idx, g - 1)
+
+    # 2. the draft (one noise draw for the whole view; `head_key` is the first half, ours the second)
+    _, k_noise = jax.random.split(key)
+    z = logits / self.temperature if self.temperature > 0 else logits
+    z = top_p_filter(z, self.top_p)
+    if self.temperature > 0:
+      log_e = jnp.log(exponential_hires(k_noise, logits.shape))  # [B, G, V], log E, E ~ Exp(1)
+      noisy = z - self.temperature * log_e if self.rule == "reference" else z - log_e
+      draft = jnp.argmax(noisy, axis=-1).astype(jnp.int32)
+    else:
+      draft = jnp.argmax(z, axis=-1).astype(jnp.int32)  # [B, G]
+    draft_w = jnp.take_along_axis(draft, idx_c, axis=1)  # [B, m]
+
+    # 3. the AR model on prompt + committed + draft, padded to its cache length (pads are invalid keys)
+    pad = cfg.max_len - length
+    answer = jnp.where(masked, draft, block.tokens)  # draft beyond the window is never read (causal)
+    rows = jnp.concatenate([block.prompt, answer, jnp.zeros((b, pad), jnp.int32)], axis=1)  # [B, Lc]
+    valid = jnp.concatenate([block.prompt_valid, jnp.ones((b, g), bool), jnp.zeros((b, pad), bool)], axis=1)
+    positions = positions_from_valid(valid)
+
+    def prefill(kv):  # the first step: every position of the canvas, batched
+      hidden, kv = window_forward(ar, rows, positions, valid, kv, 0, length)  # [B, L, D]
+      at = p + idx_c - 1  # the output at position P + j - 1 predicts slot j
+      return jnp.take_along_axis(hidden, at[..., None], axis=1), kv, length
+
+    def extend(kv):  # later steps: m positions from the last committed one, per row against its own cache
+      start = jnp.minimum(p + t - 1, length - m)  # [B]
+
+      def one(row, pos, val, keys, values, s):
+        cache = type(kv)(keys=keys[:, None], values=values[:, None])
+        hidden, cache = window_forward(ar, row[None], pos[None], val[None], cache, s, m)
+        return hidden[0], cache.keys[:, 0], cache.values[:, 0]
+
+      hidden, keys, values = jax.vmap(one, in_axes=(0, 0, 0, 1, 1, 0), out_axes=(0, 1, 1))(
+          rows, positions, valid, kv.keys, kv.values, start)  # hidden [B, m, D]
+      at = p + idx_c - 1 - start[:, None]  # [B, m], inside the window
+      return jnp.take_along_axis(hidden, at[..., None], axis=1), type(kv)(keys=keys, values=values), m
+
+    first = (block.step == 0) & (block.block == 0)
+    hidden_w, kv, computed = _select(first, prefill, extend, carry["kv"], length, m)
+    ar_logits = ar.logits(hidden_w, shift=False)  # [B, m, V]
+    ar_logits = jnp.where(jnp.arange(vocab) == block.mask_id, -jnp.inf, ar_logits)
+
+    # 4-5. the product of experts and the longest agreeing prefix
+    d_logits = jnp.take_along_axis(logits, idx_c[..., None], axis=1)  # [B, m, V]
+    mix = _weighted(self.R, d_logits) + _weighted(1.0 - self.R, ar_logits)
+    if self.rule == "paper" and self.temperature > 0:
+      log_e_w = jnp.take_along_axis(log_e, idx_c[..., None], axis=1)
+      target = jnp.argmax(mix / self.temperature - log_e_w, axis=-1)
+    else:
+      target = jnp.argmax(mix, axis=-1)
+    agree = ((draft_w == target) | (jnp.arange(m) == 0)[None]) & in_range
+    accepted = jnp.cumprod(agree, axis=-1).sum(-1).astype(jnp.int32)  # [B], >= 1
+    slot = jnp.arange(g)[None]
+    commit = masked & (slot >= t[:, None]) & (slot < (t + accepted)[:, None])
+    ends = commit & jnp.isin(draft, jnp.asarray(block.end_ids))
+    first_end = jnp.where(ends.any(-1), jnp.argmax(ends, -1), g)  # [B]
+    after = slot > first_end[:, None]
+    tokens = jnp.where(after, block.end_ids[0], draft)
+    commit = (commit & ~after) | (masked & after)
+
+    active = block.active
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(view.params))
+    new_t = t + accepted
+    carry = dict(kv=kv, horizon=jnp.where(active, new_t + self.M, carry["horizon"]).astype(jnp.int32),
+                 ar_forwards=carry["ar_forwards"] + active,
+                 ar_tokens=carry["ar_tokens"] + active * computed,
+                 aux_flops=carry["aux_flops"] + active * (2.0 * n_params * computed))
+    return Decision(tokens=tokens, commit=commit), carry
+
+
+def _select(first, prefill, extend, kv, length: int, m: int):
+  """lax.cond between the prefill and the per-row extension -> (hidden [B, m, D], cache, tokens computed)."""
+  hidden, kv = jax.lax.cond(first, lambda kv: prefill(kv)[:2], lambda kv: extend(kv)[:2], kv)
+  return hidden, kv, jnp.where(first, length, m)
+
+
+def _weighted(w: float, logits: jax.Array) -> jax.Array:
+  """w * logits with 0 * (-inf) = 0 (a weight of 0 removes a model, including its banned columns)."""
+  if w == 0:
+    return jnp.zeros_like(logits)
+  return w * logits
