@@ -18,7 +18,8 @@ Reference code vs paper (`rule`):
     draft's effective temperature is T^2); the target is the *noise-free* argmax of the raw mixed logits
     (`sample_with_gumbel` is called with its default temperature 0, which ignores the shared noise).
   "paper": one shared Gumbel draw g: d = argmax(z + g), y = argmax(mix / T + g) (exact coupling).
-At T = 0 both are greedy and agree.  The dLLM is recomputed in full every step (the reference's kv_window=None);
+At T = 0 both are greedy and agree.  Blocks do not constrain APD (the reference has none): it decodes left to
+right across them, and the engine's block index catches up with it at no NFE.  The dLLM is recomputed in full every step (the reference's kv_window=None);
 its approximate dLLM cache (the knob W, `kv_window`) is not modelled.
 
 Cost.  The dLLM's forwards are the NFE as for every sampler; the AR model's are counted apart in
@@ -117,11 +118,6 @@ class AdaptiveParallel(Sampler):
   @property
   def head_request(self):
     return LOGITS
-
-  def validate(self, gen_length, block_length):
-    if block_length != gen_length:
-      raise ValueError(f"block_length={block_length}: APD decodes the whole answer left to right; use "
-                       f"block_length=gen_length={gen_length}")
 
   def max_nfe(self, gen_length, block_length):
     return gen_length  # >= 1 accepted slot per step

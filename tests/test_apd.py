@@ -131,8 +131,12 @@ def test_top_p_filter_by_hand():
 
 
 def test_apd_errors(model, ar_folder, tmp_path):
-  with pytest.raises(ValueError, match="block_length=4: APD decodes the whole answer left to right"):
-    generate(model, PROMPTS, VALID, sampler=AdaptiveParallel(ar_model=ar_folder), gen_length=8, block_length=4)
+  blocks = generate(model, PROMPTS, VALID, sampler=AdaptiveParallel(M=3, ar_model=ar_folder), gen_length=12,
+                    block_length=4)  # blocks do not constrain APD: the same decode as one block
+  whole = generate(model, PROMPTS, VALID, sampler=AdaptiveParallel(M=3, ar_model=ar_folder), gen_length=12,
+                   block_length=12)
+  np.testing.assert_array_equal(np.asarray(blocks.tokens), np.asarray(whole.tokens))
+  np.testing.assert_array_equal(np.asarray(blocks.nfe), np.asarray(whole.nfe))
   with pytest.raises(ValueError, match="cache='dual'.*only cache='none'"):
     generate(model, PROMPTS, VALID, sampler=AdaptiveParallel(ar_model=ar_folder), gen_length=8, cache="dual")
   with pytest.raises(ValueError, match="R=1.5"):
