@@ -18,9 +18,15 @@ Reference code vs paper (`rule`):
     draft's effective temperature is T^2); the target is the *noise-free* argmax of the raw mixed logits
     (`sample_with_gumbel` is called with its default temperature 0, which ignores the shared noise).
   "paper": one shared Gumbel draw g: d = argmax(z + g), y = argmax(mix / T + g) (exact coupling).
-At T = 0 both are greedy and agree.  Blocks do not constrain APD (the reference has none): it decodes left to
-right across them, and the engine's block index catches up with it at no NFE.  The dLLM is recomputed in full every step (the reference's kv_window=None);
-its approximate dLLM cache (the knob W, `kv_window`) is not modelled.
+At T = 0 both are greedy and agree.
+
+The dLLM cache (W, the reference's `kv_window`).  W = None (default, as the reference's generation config)
+recomputes the dLLM canvas every step.  With W the first forward fills a KV cache and each later one recomputes
+only canvas slots from t - W - a + 1 (a: the slots accepted last step) through the horizon t + M, reading the
+older keys from the cache, stale since they were computed (the reference crops its cache there the same way).
+The window has a static width W + 2M - 1, so it starts at the reference's left edge and may run past the horizon
+(those queries are hidden from every key and cost compute, counted in `tokens_computed`).  Blocks do not constrain APD (the reference has none): it decodes left to
+right across them, and the engine's block index catches up with it at no NFE.  
 
 Cost.  The dLLM's forwards are the NFE as for every sampler; the AR model's are counted apart in
 `Generation.extras`: `ar_forwards` and `ar_tokens` per row, and `aux_flops` = 2 * (AR parameters) * ar_tokens,
@@ -93,6 +99,7 @@ class AdaptiveParallel(Sampler):
 
   R: float = 0.7  # mixture weight of the dLLM (apd_mixture_weight); 1 = the dLLM alone
   M: int = 100  # max_lookahead: draft length and the dLLM's masked-input limit
+  W: int | None = None  # kv_window: recompute the dLLM's KV for the last W committed slots only (None: all)
   temperature: float = 0.0
   top_p: float = 0.95
   rule: str = "reference"
@@ -104,6 +111,8 @@ class AdaptiveParallel(Sampler):
   def __post_init__(self):
     check_number("R", self.R, 0, 1)
     check_positive_int("M", self.M)
+    if self.W is not None:
+      check_positive_int("W", self.W)
     check_number("temperature", self.temperature, 0)
     check_number("top_p", self.top_p, 0, 1, open_lo=True)
     if self.rule not in RULES:
@@ -119,6 +128,14 @@ class AdaptiveParallel(Sampler):
   def head_request(self):
     return LOGITS
 
+  @property
+  def row_window(self):
+    # The window [t - W - a + 1, t + M) of the reference is at most W + 2M - 1 wide (a <= M accepted last step).
+    return 0 if self.W is None else self.W + 2 * self.M - 1
+
+  def window_start(self, carry):
+    return carry["left"]
+
   def max_nfe(self, gen_length, block_length):
     return gen_length  # >= 1 accepted slot per step
 
@@ -128,6 +145,7 @@ class AdaptiveParallel(Sampler):
   def init(self, batch, block_length, vocab_size=0):
     _, _, cfg = load_ar(self.ar_model)
     return dict(kv=empty_cache(cfg, batch, cfg.max_len), horizon=jnp.full((batch,), self.M, jnp.int32),
+                left=jnp.zeros((batch,), jnp.int32),
                 ar_forwards=jnp.zeros((batch,), jnp.int32), ar_tokens=jnp.zeros((batch,), jnp.int32),
                 aux_flops=jnp.zeros((batch,), jnp.float32))
 
@@ -219,7 +237,11 @@ class AdaptiveParallel(Sampler):
     active = block.active
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(view.params))
     new_t = t + accepted
+    # The reference's next dLLM window starts at canvas index t' - W - a + 1 (the newly accepted slots and W
+    # before them); with W None the engine ignores it.
+    left = jnp.maximum(p + new_t - (self.W or 0) - accepted + 1, 0)
     carry = dict(kv=kv, horizon=jnp.where(active, new_t + self.M, carry["horizon"]).astype(jnp.int32),
+                 left=jnp.where(active, left, carry["left"]).astype(jnp.int32),
                  ar_forwards=carry["ar_forwards"] + active,
                  ar_tokens=carry["ar_tokens"] + active * computed,
                  aux_flops=carry["aux_flops"] + active * (2.0 * n_params * computed))

@@ -36,6 +36,10 @@ class Sampler(abc.ABC):
   # Whether the sampler limits what the next forward sees: `horizon(carry)` -> [B] answer-slot bound, and answer
   # slots at or beyond it are hidden from every query (APD's masked-input limit M; cache 'none').
   input_horizon: bool = False
+  # Width of a per-row recompute window (0: off; needs input_horizon): after a first full forward that fills a
+  # KV cache, each forward recomputes only canvas slots [window_start(carry), + row_window) per row and reads the
+  # rest from the cache (APD's approximate dLLM cache, kv_window).  Only the view slots inside it are valid.
+  row_window: int = 0
 
   @property
   def head_request(self) -> HeadRequest:
@@ -76,6 +80,10 @@ class Sampler(abc.ABC):
   def horizon(self, carry):
     """[B] int32: the next forward sees answer slots < horizon only (samplers with `input_horizon`)."""
     raise NotImplementedError(f"{type(self).__name__} sets input_horizon but does not define horizon(carry)")
+
+  def window_start(self, carry):
+    """[B] int32 canvas index where each row's recompute window starts (samplers with `row_window`)."""
+    raise NotImplementedError(f"{type(self).__name__} sets row_window but does not define window_start(carry)")
 
   def default_params(self):
     """The traced parameters `generate` passes as `View.params` when the caller gives no `sampler_params`

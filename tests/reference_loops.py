@@ -223,10 +223,22 @@ def smoothing_reference(model, prompts, valid, *, gen_length, block_length, tau,
   return np.stack(out), np.array(nfes)
 
 
-def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M):
+def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M, W=None):
   """APD at T = 0 written from the paper's loop (danielmisrael/apd `apd_sample`), one row at a time, the AR model
-  recomputed in full (no cache) and the dLLM fed the canvas cut at slot t + M.  -> (canvas [B, P + G], forwards
-  per row [B])."""
+  recomputed in full (no cache) and the dLLM fed the canvas cut at slot t + M.  With W (kv_window) the dLLM keeps
+  a KV cache: the first forward fills it over [0, t + M), later ones recompute [t - W - a + 1, t + M) against the
+  cache cropped there (a: slots accepted last step).  -> (canvas [B, P + G], forwards per row [B])."""
+  from dlm.engine.cache import empty_cache
+
+  def cached_logits(x, v, cache, left, right):
+    """The dLLM on canvas slots [left, right) against `cache`, keys at or beyond `right` hidden -> logits of the
+    window [right - left, V] (unshifted) and the new cache."""
+    key_valid = (v & (np.arange(v.shape[0]) < right))[None]
+    pos = positions_from_valid(jax.numpy.asarray(v[None]))
+    hidden, cache = dllm(jax.numpy.asarray(x[None, left:right]), pos[:, left:right], jax.numpy.asarray(key_valid),
+                         cache=cache, window_start=left)
+    return np.asarray(dllm.logits(hidden, shift=False), np.float64)[0], cache
+
   def forward(net):
     @jax.jit
     def fwd(tokens, valid):
@@ -242,9 +254,15 @@ def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M):
     x = np.concatenate([np.asarray(prompts[row]), np.full(gen_length, m_id)]).astype(np.int32)
     v = np.concatenate([np.asarray(valid[row]), np.ones(gen_length, bool)])
     t = nfe = 0
+    cache, accepted = empty_cache(dllm.cfg, 1, p + gen_length), None
     while t < gen_length:
       r = min(t + M, gen_length)
-      logits_d = fwd_d(x[None, :p + r], v[None, :p + r])[p + t:p + r]
+      if W is None:
+        logits_d = fwd_d(x[None, :p + r], v[None, :p + r])[p + t:p + r]
+      else:
+        left = 0 if accepted is None else max(p + t - W - accepted + 1, 0)
+        window, cache = cached_logits(x, v, cache, left, p + r)
+        logits_d = window[p + np.arange(t, r) - int(dllm.cfg.logit_shift) - left]
       logits_d[:, m_id] = -np.inf
       draft = logits_d.argmax(-1)
       seq = x.copy()
@@ -254,7 +272,7 @@ def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M):
       mix = (R * logits_d if R > 0 else 0) + ((1 - R) * logits_ar if R < 1 else 0)
       agree = draft == np.argmax(mix, -1)
       agree[0] = True
-      a = int(np.cumprod(agree).sum())
+      a = accepted = int(np.cumprod(agree).sum())
       x[p + t:p + t + a] = draft[:a]
       nfe += 1
       end = [i for i in range(a) if draft[i] in ends]

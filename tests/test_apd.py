@@ -44,13 +44,29 @@ def test_apd_matches_the_numpy_loop(model, ar_folder, R, M):
     assert (np.asarray(out.nfe) <= 12 // M).all() and np.asarray(out.finished).all()
 
 
-def test_apd_on_a_dream_layout_dllm(dream_model, tmp_path):
+@pytest.mark.parametrize("W,M", [(2, 3), (1, 4), (40, 3)])
+def test_apd_dllm_cache_window_matches_the_numpy_loop(model, ar_folder, W, M):
+  sampler = AdaptiveParallel(R=0.7, M=M, W=W, ar_model=ar_folder)
+  out = generate(model, PROMPTS, VALID, sampler=sampler, gen_length=12, block_length=12)
+  ref, nfe = apd_reference(model, _ar(ar_folder), PROMPTS, VALID, gen_length=12, R=0.7, M=M, W=W)
+  np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+  np.testing.assert_array_equal(np.asarray(out.nfe), nfe)
+  width = min(W + 2 * M - 1, PROMPTS.shape[1] + 12)  # the first forward is full, the others one window each
+  np.testing.assert_array_equal(np.asarray(out.tokens_computed), 18 + (nfe - 1) * width)
+  if W >= 18:  # a window as wide as the canvas recomputes everything: the exact decode
+    full = generate(model, PROMPTS, VALID, sampler=AdaptiveParallel(R=0.7, M=M, ar_model=ar_folder),
+                    gen_length=12, block_length=12)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(full.tokens))
+
+
+@pytest.mark.parametrize("W", [None, 2])
+def test_apd_on_a_dream_layout_dllm(dream_model, tmp_path, W):
   """Dream's logit shift on the dLLM side (slot j read at position j - 1, the input cut at t + M)."""
   folder = str(tmp_path / "ar")
   save_model(init_model(dataclasses.replace(tiny_dream(), causal=True, logit_shift=False, n_layers=1), seed=6), folder)
-  out = generate(dream_model, PROMPTS, VALID, sampler=AdaptiveParallel(R=0.6, M=5, ar_model=folder),
+  out = generate(dream_model, PROMPTS, VALID, sampler=AdaptiveParallel(R=0.6, M=5, W=W, ar_model=folder),
                  gen_length=10, block_length=10)
-  ref, nfe = apd_reference(dream_model, _ar(folder), PROMPTS, VALID, gen_length=10, R=0.6, M=5)
+  ref, nfe = apd_reference(dream_model, _ar(folder), PROMPTS, VALID, gen_length=10, R=0.6, M=5, W=W)
   np.testing.assert_array_equal(np.asarray(out.tokens), ref)
   np.testing.assert_array_equal(np.asarray(out.nfe), nfe)
 

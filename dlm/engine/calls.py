@@ -98,7 +98,9 @@ class NetworkCalls:
     use = on & (tokens[:, p:] == self.net.cfg.mask_id)  # [B, G]
     return x.at[:, p:].set(jnp.where(use[..., None], embed.astype(x.dtype), x[:, p:]))
 
-  def empty_kv(self):
+  def empty_kv(self, row_window: bool = False):
+    if row_window:
+      return empty_cache(self.net.cfg, self.batch, self.prompt_length + self.gen_length)
     if self.plan is None:
       return ()
     return empty_cache(self.net.cfg, self.forwards_per_step * self.batch, self.prompt_length + self.gen_length)
@@ -162,6 +164,38 @@ class NetworkCalls:
     keys_valid = jnp.concatenate([self.valid, jnp.ones((b, bk), bool)], axis=1)  # [B, L + Bk]
     hidden, _ = self.net(rows, positions, allowed[None] & keys_valid[:, None, :])
     return hidden[:, :length], hidden[:, length:]
+
+  # -- a sampler's per-row window (APD's kv_window) -----------------------------------------------------------
+
+  def horizon_valid(self, horizon):
+    """[B, L] key validity with answer slots at or beyond `horizon` [B] hidden."""
+    return self.valid & (jnp.arange(self.valid.shape[1])[None] < self.prompt_length + horizon[:, None])
+
+  def row_window(self, tokens, kv, starts, width: int, horizon, view_start: int, view_length: int):
+    """Each row recomputes canvas slots [starts[b], starts[b] + width) against its own cache (keys at or beyond
+    its horizon hidden); -> hidden [B, N, D] of view slots [view_start, view_start + N) (zeros where the row's
+    window does not reach: a sampler using this reads only slots inside it), and the new cache.
+    starts: [B] int32 with 0 <= start <= L - width."""
+    net = self.net
+    valid = self.horizon_valid(horizon)
+
+    def one(row, pos, val, keys, values, start):
+      cache = type(kv)(keys=keys[:, None], values=values[:, None])
+      hidden, cache = window_forward(net, row[None], pos[None], val[None], cache, start, width)
+      return hidden[0], cache.keys[:, 0], cache.values[:, 0]
+
+    hidden, keys, values = jax.vmap(one, in_axes=(0, 0, 0, 1, 1, 0), out_axes=(0, 1, 1))(
+        tokens, self.positions, valid, kv.keys, kv.values, starts)  # hidden [B, width, D]
+    at = block_slots(view_start, view_length, net.cfg.logit_shift)[None] - starts[:, None]  # [B, N]
+    inside = (at >= 0) & (at < width)
+    hidden = jnp.take_along_axis(hidden, jnp.clip(at, 0, width - 1)[..., None], axis=1)
+    return jnp.where(inside[..., None], hidden, 0).astype(hidden.dtype), type(kv)(keys=keys, values=values)
+
+  def row_refresh(self, tokens, horizon, view_start: int, view_length: int):
+    """The first step of a per-row window sampler: a full forward that fills the cache (keys at or beyond each
+    row's horizon hidden) -> hidden [B, N, D] of the view slots, cache."""
+    hidden, kv = full_forward(self.net, tokens, self.positions, self.horizon_valid(horizon))
+    return block_hidden_of(self.net, hidden, view_start, view_length), kv
 
   # -- cached policies ---------------------------------------------------------------------------------------
 

@@ -111,6 +111,9 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
   if sampler.input_horizon and (cache != "none" or sampler.cfg_scale > 0 or sampler.verify_rows):
     raise ValueError(f"cache={cache!r}: {type(sampler).__name__} limits the inputs of each forward (input_horizon), "
                      "which needs cache='none', cfg_scale=0 and no verification rows")
+  if sampler.row_window and (not sampler.input_horizon or sampler.soft_inputs or sampler.reuse_unchanged):
+    raise ValueError(f"{type(sampler).__name__}.row_window needs input_horizon and excludes soft inputs and the "
+                     "reuse of unchanged predictions")
   if sampler.soft_inputs and (sampler.verify_rows or sampler.reuse_unchanged):
     raise ValueError(f"{type(sampler).__name__}: soft_inputs cannot be combined with verification rows or the "
                      "reuse of unchanged predictions (a belief update is a change the canvas does not show)")
@@ -234,7 +237,8 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params
   # cache bookkeeping (a block-entry refresh could be skipped), and the cached policies already make steps cheap.
   reuse = sampler.reuse_unchanged and sampler.cfg_scale == 0 and plan is None
   hidden_shape = (b, p + g, cfg.d_model) if reuse else (0, 0, 0)
-  kv0 = calls.empty_kv()
+  row_window = min(sampler.row_window, p + g)  # static width of a sampler's per-row window (0: none)
+  kv0 = calls.empty_kv(row_window > 0)
   t = spec.trace_length
   # Divergence probe: per row, the max |cached - full-forward| logit over the masked slots it decoded; per
   # iteration, the max over rows and the step inside the block (0 = refresh).
@@ -301,10 +305,21 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params
         hidden, shadow = calls.forward_with_shadow(s.tokens, start)
         ran, charged = True, active
         width = p + g + bk
+      elif row_window:
+        # A sampler's per-row window against its own cache (APD's kv_window): a full refresh first.
+        horizon = sampler.horizon(s.carry)
+        starts = jnp.clip(sampler.window_start(s.carry), 0, p + g - row_window).astype(jnp.int32)
+        hidden_block, kv = jax.lax.cond(
+            s.iteration == 0, lambda kv: calls.row_refresh(s.tokens, horizon, vs, bv),
+            lambda kv: calls.row_window(s.tokens, kv, starts, row_window, horizon, vs, bv), s.kv)
+        hidden, uncond = None, None
+        ran, charged = True, active
+        width = jnp.where(s.iteration == 0, p + g, row_window)
       else:
         hidden = calls.forward(s.tokens, soft, sampler.horizon(s.carry) if sampler.input_horizon else None)
         ran, charged = True, active
-      hidden_block, uncond = calls.block_hidden(s.tokens, hidden, vs, bv, soft=soft)
+      if hidden is not None:
+        hidden_block, uncond = calls.block_hidden(s.tokens, hidden, vs, bv, soft=soft)
       view = to_view(hidden_block, uncond, sampler.head_request, k_step, blk)
       if shadow is not None:
         shadow_tokens = jax.lax.dynamic_slice_in_dim(s.tokens, start, bk, axis=1)  # [B, Bk]
