@@ -347,6 +347,12 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params
     commit_step = jax.lax.dynamic_update_slice_in_dim(s.commit_step, new_steps, vs - p, axis=1)
 
     answer = tokens[:, p:]
+    if decision.truncate is not None:
+      cut = jnp.where(active, decision.truncate.astype(jnp.int32), g)  # [B]
+      dropped = jnp.arange(g)[None] > cut[:, None]  # [B, G]
+      commit_step = jnp.where(dropped & (answer != cfg.eos_id), s.iteration, commit_step)
+      answer = jnp.where(dropped, cfg.eos_id, answer)
+      tokens = tokens.at[:, p:].set(answer)
     unresolved = answer == cfg.mask_id
     done = s.done | (~unresolved.any(-1) & ~hold)
     if spec.stop_at_eos:

@@ -109,6 +109,9 @@ class Decision:
     sum_v soft[v] * E[v] (E: the network's input embeddings; weights need not sum to 1, and weight on the mask
     id is the mask embedding's share), instead of the mask embedding.  One-hot weights give exactly the
     embedding of that token.  Written for active rows only; a slot's last belief stays until overwritten.
+  truncate: [B] int32 or None: end the answer after this answer-slot index (Learn2PD's end-of-text prediction):
+    every later slot becomes EOS at once, committed and costing nothing, and blocks wholly after it are skipped;
+    the slot itself and those before it decode on.  G (or more) leaves a row as it is.  Active rows only.
   The plain tuple `(tokens, commit, carry)` is the same as `(Decision(tokens, commit), carry)`.
   """
 
@@ -117,6 +120,7 @@ class Decision:
   remask: jax.Array | None = None
   hold: jax.Array | None = None
   soft: jax.Array | None = None
+  truncate: jax.Array | None = None
 
 
 def as_decision(out) -> tuple[Decision, object]:
