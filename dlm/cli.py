@@ -48,6 +48,12 @@ positive_int = _int_at_least(1, "a positive integer")
 nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 
+def existing_dir(text: str) -> str:
+  if not Path(text).is_dir():
+    raise argparse.ArgumentTypeError(f"expected an existing folder, {text} is not one")
+  return text
+
+
 def existing_file(text: str) -> str:
   path = Path(text)
   if not path.exists():
@@ -123,6 +129,33 @@ def cmd_train(args):
     cfg = dataclasses.replace(cfg, objective="autoregressive", model={**cfg.model, "causal": True})
   train(cfg, args.out)
   print(f"model written to {Path(args.out) / 'model'}")
+
+
+def cmd_collect(args):
+  from dlm.heads.filter import collect_filter_data
+  from dlm.tasks import TESTBED_TASKS, get_task
+  task = get_task(args.task)
+  if args.block_length is not None:
+    import dataclasses
+    if task.gen_length % args.block_length:
+      raise ValueError(f"--block-length {args.block_length} must divide the task's gen_length {task.gen_length}")
+    task = dataclasses.replace(task, block_length=args.block_length)
+  default = "testbed" if args.task in TESTBED_TASKS else "bundled"
+  model, name = _load_model(args.model, args.dtype, default=default)
+  from dlm.eval.compare import check_task_fits
+  check_task_fits(model, task)
+  store = collect_filter_data(model, task, args.out, n=args.n, batch=args.batch, model_name=str(name),
+                              seed=args.seed)
+  print(f"{store.rows} rows from {store.units_done} prompts in {args.out}")
+
+
+def cmd_train_head(args):
+  from dlm.heads.filter import train_filter
+  info = train_filter(args.data, args.out, steps=args.steps, lr=args.lr, tau=args.tau, seed=args.seed)
+  m = info["metrics"]
+  print(f"filter for blocks of {info['block_length']}: BCE {m['loss_first']:.4f} -> {m['loss_last']:.4f}, "
+        f"held-out BCE {m['held_bce']:.4f}, false-positive rate at tau={m['tau']} {m['held_fpr_at_tau']:.3f} "
+        f"({m['wall_s']:.1f} s); wrote {Path(args.out) / 'head.json'}")
 
 
 def cmd_compare(args):
@@ -318,6 +351,26 @@ def main(argv=None):
   p.add_argument("--cache", default="none", type=cache_name, help="none | prefix | dual | window")
   p.add_argument("--out", default=None, help="folder for results.json and frontier.png")
   p.set_defaults(fn=cmd_compare)
+
+  p = sub.add_parser("collect", help="record a head's training data (Learn2PD: the EGP replay) into a zarr3 store; "
+                     "resumes an interrupted run")
+  common(p)
+  p.add_argument("--task", required=True, type=task_name)
+  p.add_argument("--n", type=positive_int, default=512, help="prompts")
+  p.add_argument("--batch", type=positive_int, default=32)
+  p.add_argument("--block-length", type=positive_int, default=None, help="default: the task's own block")
+  p.add_argument("--out", required=True)
+  p.set_defaults(fn=cmd_collect)
+
+  p = sub.add_parser("train-head", help="train a small head on collected data (kind: filter = Learn2PD)")
+  p.add_argument("kind", choices=["filter"])
+  p.add_argument("--data", required=True, type=existing_dir)
+  p.add_argument("--out", required=True)
+  p.add_argument("--steps", type=positive_int, default=3000)
+  p.add_argument("--lr", type=float, default=3e-3)
+  p.add_argument("--tau", type=float, default=0.96, help="decision threshold of the reported false-positive rate")
+  p.add_argument("--seed", type=nonnegative_int, default=0)
+  p.set_defaults(fn=cmd_train_head)
 
   p = sub.add_parser("sample", help="print completions for a prompt or a task")
   common(p)

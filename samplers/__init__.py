@@ -10,6 +10,7 @@ from dlm.samplers.llada import LowConfidence, RandomRemasking
 from dlm.samplers.registry import SAMPLERS, make_sampler
 from dlm.samplers.eb import EntropyBounded
 from dlm.samplers.klass import Klass
+from dlm.samplers.learn2pd import Learn2PD
 from dlm.samplers.lrd import LatentRefinement
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
@@ -18,5 +19,5 @@ from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
 
 __all__ = ["AdaptiveParallel", "Ancestral", "Credit", "Dilated", "DreamSampler", "EntropyBounded", "Factor", "Hierarchy",
-           "IterationSmoothing", "Klass", "LatentRefinement", "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "Sampler", "Threshold", "Wino",
+           "IterationSmoothing", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "Sampler", "Threshold", "Wino",
            "exponential_hires", "gumbel_argmax", "make_sampler", "probability_of", "topk_per_row"]

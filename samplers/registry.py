@@ -11,6 +11,7 @@ from dlm.samplers.dream import DreamSampler
 from dlm.samplers.llada import LowConfidence, RandomRemasking
 from dlm.samplers.eb import EntropyBounded
 from dlm.samplers.klass import Klass
+from dlm.samplers.learn2pd import Learn2PD
 from dlm.samplers.lrd import LatentRefinement
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
@@ -36,6 +37,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "lrd": LatentRefinement,
     "smoothing": IterationSmoothing,
     "apd": AdaptiveParallel,
+    "learn2pd": Learn2PD,
 }
 
 

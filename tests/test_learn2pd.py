@@ -1,0 +1,180 @@
+"""Learn2PD (issue 7, first part): the record store, the EGP replay collection (killed and resumed), filter
+training, the sampler's limits, EoTP truncation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlm.engine.generate import generate
+from dlm.engine.state import BlockState, View, as_decision
+from dlm.heads.filter import collect_filter_data, load_filter, train_filter
+from dlm.heads.store import RecordStore, open_store
+from dlm.io.params import load_model
+from dlm.samplers import LowConfidence, Threshold
+from dlm.samplers.base import drive_step
+from dlm.samplers.learn2pd import EgpReplay, Learn2PD, init_filter
+from dlm.tasks import get_task
+from tests.conftest import PROMPTS, VALID
+
+BUNDLED = Path(__file__).resolve().parent.parent / "dlm" / "assets" / "bundled"
+
+
+def test_store_round_trip_overwrites_rows_past_the_marker(tmp_path):
+  fields = {"x": ((3,), "float32"), "unit": ((), "int32")}
+  store = RecordStore(tmp_path, fields, {"model": "m"})
+  store.append({"x": np.ones((2, 3)), "unit": np.array([0, 0])}, units_done=1)
+  # A killed run: rows written past the marker, progress.json untouched.
+  store.arrays["x"] = store.arrays["x"].resize(exclusive_max=[5, 3], expand_only=True).result()
+  store.arrays["x"][2:5].write(np.full((3, 3), 9.0, np.float32)).result()
+  again = RecordStore(tmp_path, fields, {"model": "m"})
+  assert again.rows == 2 and again.units_done == 1 and open_store(tmp_path).read()["x"].shape == (2, 3)
+  again.append({"x": np.full((1, 3), 2.0), "unit": np.array([1])}, units_done=2)
+  data = open_store(tmp_path).read()
+  np.testing.assert_array_equal(data["x"][:, 0], [1, 1, 2])
+  np.testing.assert_array_equal(data["unit"], [0, 0, 1])
+  assert sorted(len(b["unit"]) for b in again.batches(2)) == [1, 2]
+  with pytest.raises(ValueError, match="holds a dataset made with other settings"):
+    RecordStore(tmp_path, fields, {"model": "other"})
+  with pytest.raises(FileNotFoundError, match="not a dlm dataset"):
+    open_store(tmp_path / "none")
+
+
+def test_egp_replay_reproduces_the_reference_and_labels_by_hand(model):
+  y = generate(model, PROMPTS, VALID, sampler=LowConfidence(steps=8), gen_length=8, block_length=4).answers
+  out = generate(model, PROMPTS, VALID, sampler=EgpReplay(max_steps=8), gen_length=8, block_length=4,
+                 sampler_params=y)
+  np.testing.assert_array_equal(np.asarray(out.answers), np.asarray(y))  # only y's tokens are ever committed
+  rec = jax.tree.map(np.asarray, out.extras)
+  assert (rec["steps"] == np.asarray(out.nfe)).all() and (rec["steps"] <= 8).all()
+  first = rec["masked"][:, 0]
+  assert first.all()  # the first record of each row: its whole first block masked
+  # By hand: a block whose predictions match y nowhere is filled from y in one step.
+  logits = np.zeros((1, 4, 6), np.float32)
+  logits[0, :, 3] = 5.0  # predicts 3 everywhere
+  view = View(logits=jnp.asarray(logits), hidden=jnp.zeros((1, 4, 1)), params=jnp.asarray([[4, 3, 5, 3]]))
+  state = BlockState(tokens=jnp.full((1, 4), 1, jnp.int32), masked=jnp.asarray([[True, True, True, False]]),
+                     active=jnp.ones(1, bool), entry_masked=jnp.full(1, 3, jnp.int32), step=jnp.int32(0),
+                     block=jnp.int32(0), num_blocks=1, block_length=4, mask_id=1, end_ids=(2,))
+  decision, carry = as_decision(drive_step(EgpReplay(max_steps=4), view, state, EgpReplay(max_steps=4).init(1, 4),
+                                           jax.random.key(0)))
+  assert np.asarray(decision.commit)[0].tolist() == [False, True, False, False]  # label 1 and masked
+  assert np.asarray(carry["label"])[0, 0].tolist() == [False, True, False, True]
+  stuck = view.replace(params=jnp.asarray([[4, 4, 5, 3]]))
+  decision, _ = as_decision(drive_step(EgpReplay(max_steps=4), stuck, state, EgpReplay(max_steps=4).init(1, 4),
+                                       jax.random.key(0)))
+  assert np.asarray(decision.commit)[0].tolist() == [True, True, True, False]
+  assert np.asarray(decision.tokens)[0, :3].tolist() == [4, 4, 5]
+
+
+def _constant_filter(folder, bk, bias):
+  folder.mkdir(parents=True)
+  params = {k: np.asarray(v) for k, v in init_filter(jax.random.key(0), bk).items()}
+  params = {k: np.zeros_like(v) for k, v in params.items()}
+  params["b2"] = np.full((bk,), bias, np.float32)
+  np.savez(folder / "params.npz", **params)
+  (folder / "head.json").write_text(json.dumps({"kind": "learn2pd_filter", "block_length": bk, "step": 0}))
+  return str(folder)
+
+
+def test_filter_limits_always_yes_and_always_no(model, tmp_path):
+  yes = _constant_filter(tmp_path / "yes", 4, 50.0)
+  no = _constant_filter(tmp_path / "no", 4, -50.0)
+  kw = dict(gen_length=8, block_length=4)
+  all_in = generate(model, PROMPTS, VALID, sampler=Learn2PD(head=yes, eotp=False), **kw)
+  assert np.asarray(all_in.nfe).tolist() == [2, 2, 2]  # each block in one step
+  one = generate(model, PROMPTS, VALID, sampler=Learn2PD(head=no, eotp=False), **kw)
+  ref = generate(model, PROMPTS, VALID, sampler=Threshold(tau=2.0), **kw)  # one most-confident slot per step
+  np.testing.assert_array_equal(np.asarray(one.tokens), np.asarray(ref.tokens))
+  assert np.asarray(one.nfe).tolist() == [8, 8, 8]
+  with pytest.raises(ValueError, match="trained for blocks of 4 slots, the run uses 8"):
+    generate(model, PROMPTS, VALID, sampler=Learn2PD(head=yes), gen_length=8, block_length=8)
+  with pytest.raises(FileNotFoundError, match="no Learn2PD filter"):
+    generate(model, PROMPTS, VALID, sampler=Learn2PD(head=str(tmp_path / "none")), **kw)
+
+
+def test_eotp_truncation_by_hand_batched(tmp_path):
+  no = _constant_filter(tmp_path / "no", 4, -50.0)
+  yes = _constant_filter(tmp_path / "yes", 4, 50.0)
+  eos, mask = 2, 1
+  probs = np.full((3, 4, 6), 0.02, np.float32)
+  tok = np.array([[3, 4, eos, 5], [3, eos, 4, eos], [3, 4, 5, 3]])
+  conf = np.array([[0.9, 0.8, 0.7, 0.6], [0.95, 0.5, 0.6, 0.7], [0.9, 0.8, 0.7, 0.6]])
+  np.put_along_axis(probs, tok[..., None], conf[..., None], -1)
+  logits = np.log(probs)
+  logits[..., mask] = -np.inf
+  state = BlockState(tokens=jnp.full((3, 4), mask, jnp.int32), masked=jnp.ones((3, 4), bool), active=jnp.ones(3, bool),
+                     entry_masked=jnp.full(3, 4, jnp.int32), step=jnp.int32(0), block=jnp.int32(1), num_blocks=3,
+                     block_length=4, mask_id=mask, end_ids=(eos,))
+
+  def run(head):
+    sampler = Learn2PD(head=head)
+    view = View(logits=jnp.asarray(logits), hidden=jnp.zeros((3, 4, 1)), params=load_filter(head)[0])
+    decision, _ = as_decision(drive_step(sampler, view, state, (), jax.random.key(0)))
+    return np.asarray(decision.truncate), np.asarray(decision.commit)
+
+  # Filter says yes: row 0 commits EOS at slot 2 -> the answer ends after 4 + 2; row 1's first committed EOS is
+  # slot 1; row 2 has none.
+  cut, commit = run(yes)
+  assert cut[:2].tolist() == [6, 5] and cut[2] > 1000 and commit.all()
+  # Filter says no (only the top-1 commits, never EOS here): rows 0 and 1 predict EOS at masked slots; the answer
+  # ends after the one with the highest EOS probability (row 1: slot 3, 0.7 > 0.5).
+  cut, commit = run(no)
+  assert cut[:2].tolist() == [6, 7] and cut[2] > 1000 and commit.sum(-1).tolist() == [1, 1, 1]
+
+
+def test_eotp_in_the_engine_ends_rows_early_on_the_bundled_model(tmp_path):
+  model = load_model(BUNDLED)
+  task = get_task("add")
+  p, v, _ = task.encode(task.examples(16, seed=0))
+  no = _constant_filter(tmp_path / "no", 8, -50.0)
+  plain = generate(model, p, v, sampler=Learn2PD(head=no, eotp=False), gen_length=8, block_length=8)
+  ended = generate(model, p, v, sampler=Learn2PD(head=no, eotp=True), gen_length=8, block_length=8)
+  assert (np.asarray(ended.nfe) <= np.asarray(plain.nfe)).all() and np.asarray(ended.nfe).sum() < 16 * 8
+  answers = np.asarray(ended.answers)
+  eos = model.cfg.eos_id
+  for row in answers:  # after the first EOS, only EOS
+    first = np.flatnonzero(row == eos)
+    if len(first):
+      assert (row[first[0]:] == eos).all()
+
+
+def test_collect_killed_mid_run_resumes_without_duplicates_and_trains(tmp_path):
+  out = tmp_path / "data"
+  cmd = [sys.executable, "-m", "dlm.cli", "collect", "--task", "add", "--model", "bundled", "--n", "240",
+         "--batch", "4", "--out", str(out)]
+  env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline, killed = time.time() + 240, False
+  while time.time() < deadline and proc.poll() is None:
+    progress = out / "progress.json"
+    if progress.is_file() and json.loads(progress.read_text())["units_done"] >= 8:
+      proc.send_signal(signal.SIGKILL)
+      killed = True
+      break
+    time.sleep(0.02)
+  proc.wait()
+  assert killed, "the collection finished before it could be interrupted"
+  partial = json.loads((out / "progress.json").read_text())["units_done"]
+  assert 8 <= partial < 240
+  model, task = load_model(BUNDLED), get_task("add")
+  resumed = collect_filter_data(model, task, out, n=240, batch=4, model_name="bundled", progress=False)
+  whole = collect_filter_data(model, task, tmp_path / "whole", n=240, batch=4, model_name="bundled", progress=False)
+  a, b = resumed.read(), whole.read()
+  assert resumed.units_done == 240 and sorted(set(a["prompt"].tolist())) == list(range(240))
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name])
+  info = train_filter(out, tmp_path / "head", steps=200, ckpt_every=100, progress=False)
+  assert info["metrics"]["loss_last"] < info["metrics"]["loss_first"]
+  params, _ = load_filter(str(tmp_path / "head"), block_length=8)
+  assert params["w1"].shape == (8, 8)
+  again = train_filter(out, tmp_path / "head", steps=300, ckpt_every=100, progress=False)  # resumes at 200
+  assert again["step"] == 300
