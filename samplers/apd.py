@@ -139,7 +139,7 @@ class AdaptiveParallel(Sampler):
   def max_nfe(self, gen_length, block_length):
     return gen_length  # >= 1 accepted slot per step
 
-  def default_params(self):
+  def default_params(self, gen_length, block_length):
     return load_ar(self.ar_model)[1]
 
   def init(self, batch, block_length, vocab_size=0):

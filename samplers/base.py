@@ -85,9 +85,11 @@ class Sampler(abc.ABC):
     """[B] int32 canvas index where each row's recompute window starts (samplers with `row_window`)."""
     raise NotImplementedError(f"{type(self).__name__} sets row_window but does not define window_start(carry)")
 
-  def default_params(self):
+  def default_params(self, gen_length: int, block_length: int):
     """The traced parameters `generate` passes as `View.params` when the caller gives no `sampler_params`
-    (docs/design.md §1, item 1): a learned head's or a second network's weights; None for most samplers."""
+    (docs/design.md §1, item 1): a learned head's or a second network's weights (which may depend on the block
+    length, as Learn2PD's filter does); None for most samplers."""
+    del gen_length, block_length
     return None
 
   def report(self, carry) -> dict:

@@ -49,8 +49,8 @@ def init_filter(key: jax.Array, block_length: int) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Learn2PD(Sampler):
   """The learned filter with EoTP (module docstring).  tau 0.96 is the reference's LLaDA setting (0.9 for Dream);
-  `head` names a filter folder written by `dlm train-head filter` ("testbed": the one shipped for the testbed
-  model)."""
+  `head` names a filter folder written by `dlm train-head filter` ("testbed": the filters shipped for the testbed
+  model, one per block length, `dlm/assets/testbed_filter/block<Bk>`)."""
 
   tau: float = 0.96
   eotp: bool = True
@@ -78,9 +78,9 @@ class Learn2PD(Sampler):
   def max_nfe(self, gen_length, block_length):
     return gen_length  # >= 1 commit per step
 
-  def default_params(self):
+  def default_params(self, gen_length, block_length):
     from dlm.heads.filter import load_filter
-    return load_filter(self.head)[0]
+    return load_filter(self.head, block_length=block_length)[0]
 
   def step(self, view: View, block: BlockState, carry, key):
     del key

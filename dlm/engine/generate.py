@@ -177,7 +177,7 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
   # The budget is a traced argument, so sweeping max_nfe reuses one compiled program.
   max_steps = jnp.int32(budget // forwards_per_step)
   if sampler_params is None:
-    sampler_params = sampler.default_params()
+    sampler_params = sampler.default_params(gen_length, block_length)
   params = () if sampler_params is None else sampler_params
   args = (graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps, params)
   return args, dict(sampler=sampler, spec=spec)

@@ -159,16 +159,17 @@ def train_filter(data, out, *, steps: int = 3000, lr: float = 3e-3, tau: float =
   return info
 
 
-def filter_folder(name: str) -> Path:
+def filter_folder(name: str, block_length: int | None = None) -> Path:
+  """A filter folder; "testbed" is the shipped set, one per block length (block<Bk>, default 32)."""
   if name == "testbed":
     from dlm.assets import ASSETS
-    return ASSETS / "testbed_filter"
+    return ASSETS / "testbed_filter" / f"block{block_length or 32}"
   return Path(name).expanduser()
 
 
 @functools.lru_cache(maxsize=8)
-def _load(name: str):
-  folder = filter_folder(name)
+def _load(name: str, block_length: int | None):
+  folder = filter_folder(name, block_length)
   head = folder / "head.json"
   if not head.is_file():
     raise FileNotFoundError(f"head={name!r}: no Learn2PD filter at {folder} (no head.json); train one with "
@@ -183,7 +184,7 @@ def _load(name: str):
 
 def load_filter(name: str, block_length: int | None = None):
   """-> (params, head.json) of a trained filter; refuses one trained for another block length."""
-  params, info = _load(name)
+  params, info = _load(name, block_length if name == "testbed" else None)
   if block_length is not None and info["block_length"] != block_length:
     raise ValueError(f"head={name!r} was trained for blocks of {info['block_length']} slots, the run uses "
                      f"{block_length}: train a filter for this block length (dlm collect --block-length)")
