@@ -166,9 +166,13 @@ def cmd_compare(args):
     if args.set:
       raise ValueError("--set needs --sampler (a grid file carries its own settings)")
     grid = load_grid(args.grid or packaged_config("compare_default.yaml"))
+  if args.head:
+    grid = [_with_head(entry, args.head) for entry in grid]
   check_grid(grid)  # unknown samplers and settings fail before the model loads
   from dlm.eval.aup import aup_table, format_aup
   model, name = _load_model(args.model, args.dtype, default=DEFAULT_COMPARE_MODEL)
+  if args.head:
+    _check_head(args.head, name)
   records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
                     block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
                     model_name=name)
@@ -179,6 +183,29 @@ def cmd_compare(args):
   if args.out:
     write_results(records, args.out)
     print(f"wrote {Path(args.out) / 'results.json'}, aup.json and frontier.png")
+
+
+def _with_head(entry, head: str):
+  """A grid entry with `head=PATH` for samplers that read a learned head (the others are left as they are)."""
+  import dataclasses
+  from dlm.samplers import SAMPLERS
+  fields = {f.name for f in dataclasses.fields(SAMPLERS[entry.sampler])} if entry.sampler in SAMPLERS else set()
+  if "head" not in fields:
+    return entry
+  settings = tuple(sorted({**dict(entry.settings), "head": head}.items()))
+  return dataclasses.replace(entry, settings=settings)
+
+
+def _check_head(head: str, model_name) -> None:
+  """Refuse a head trained for another model (head.json records the model it was collected with)."""
+  import json
+  info = Path(head) / "head.json"
+  if not info.is_file():
+    raise ValueError(f"--head {head}: no head.json there; train a head with `dlm train-head`")
+  trained = json.loads(info.read_text()).get("model")
+  if trained is not None and str(trained) != str(model_name):
+    raise ValueError(f"--head {head} was trained for the model {trained!r}, not {str(model_name)!r}; collect and "
+                     "train a head for this model")
 
 
 def _settings(pairs) -> dict:
@@ -198,10 +225,14 @@ def cmd_sample(args):
   from dlm.samplers import make_sampler
   from dlm.tasks import TESTBED_TASKS, TOKENIZER, get_task
   default = "testbed" if args.task in TESTBED_TASKS else "bundled"
-  model, _, hf_tokenizer = _load_model(args.model, args.dtype, with_tokenizer=True, default=default)
+  model, model_name, hf_tokenizer = _load_model(args.model, args.dtype, with_tokenizer=True, default=default)
+  if args.head:
+    _check_head(args.head, model_name)
   settings = _settings(args.set)
   if args.steps is not None:
     settings["steps"] = args.steps
+  if args.head:
+    settings["head"] = args.head
   sampler = make_sampler(args.sampler, **settings)
   task = None
   if args.task and args.prompt is not None:
@@ -350,6 +381,8 @@ def main(argv=None):
   p.add_argument("--stop-at-eos", action="store_true")
   p.add_argument("--cache", default="none", type=cache_name, help="none | prefix | dual | window")
   p.add_argument("--out", default=None, help="folder for results.json and frontier.png")
+  p.add_argument("--head", default=None, type=existing_dir,
+                 help="a trained head folder for the samplers that read one (learn2pd)")
   p.set_defaults(fn=cmd_compare)
 
   p = sub.add_parser("collect", help="record a head's training data (Learn2PD: the EGP replay) into a zarr3 store; "
@@ -384,6 +417,7 @@ def main(argv=None):
   p.add_argument("--gen-length", type=positive_int, default=None)
   p.add_argument("--block-length", type=positive_int, default=None)
   p.add_argument("--stop-at-eos", action="store_true")
+  p.add_argument("--head", default=None, type=existing_dir, help="a trained head folder (learn2pd)")
   p.set_defaults(fn=cmd_sample)
 
   p = sub.add_parser("bench", help="compile time, wall time, NFE, TPS and overhead ratios as JSON")

@@ -31,6 +31,8 @@ def files(tmp_path_factory):
   }.items():
     (d / name).write_text(text)
     out[name] = str(d / name)
+  (d / "head_other").mkdir()
+  (d / "head_other" / "head.json").write_text('{"kind": "learn2pd_filter", "block_length": 8, "model": "other"}')
   (d / "not_a_model.txt").write_text("x")
   out["file"] = str(d / "not_a_model.txt")
   return out
@@ -95,6 +97,15 @@ CASES = [
     (["convert", "{file}", "{dir}/c"], ["is a file"]),
     (["convert", "{dir}", "{dir}/c", "--to-hf"], ["config.json", "missing"]),
     (["convert", "{dir}", "{dir}/c", "--dtype", "int4"], ["--dtype", "invalid choice"]),
+    (["compare", "--model", "bundled", "--sampler", "learn2pd", "--head", "{dir}/head_other", "--tasks", "add"],
+     ["--head", "trained for the model 'other'", "'bundled'"]),
+    (["compare", "--head", "/nonexistent"], ["--head", "not one"]),
+    (["collect", "--task", "add", "--n", "0", "--out", "{dir}/c"], ["--n", "positive integer"]),
+    (["collect", "--task", "nosuch", "--out", "{dir}/c"], ["--task", "unknown task"]),
+    (["collect", "--task", "add", "--block-length", "3", "--out", "{dir}/c"], ["--block-length 3", "gen_length 8"]),
+    (["train-head", "filter", "--data", "/nonexistent", "--out", "{dir}/h"], ["--data", "not one"]),
+    (["train-head", "filter", "--data", "{dir}", "--out", "{dir}/h"], ["not a dlm dataset", "dlm collect"]),
+    (["train-head", "adjust", "--data", "{dir}", "--out", "{dir}/h"], ["invalid choice", "adjust"]),
     (["nosuch"], ["invalid choice", "nosuch"]),
 ]
 
