@@ -234,7 +234,7 @@ def test_heads_agree_at_temperature(sampler, bundled):
 def test_samplers_that_read_statistics_never_ask_for_logits():
   from dlm.samplers.registry import SAMPLERS
   statistics_only = {"low_confidence", "random", "ancestral", "threshold", "factor", "dilated", "hierarchy", "eb",
-                     "wino", "prophet"}
+                     "wino", "prophet", "learn2pd"}
   for name in statistics_only:
     assert not SAMPLERS[name]().head_request.logits, name
   for name in set(SAMPLERS) - statistics_only:  # top-p / filtered / boosted / history: full logits
