@@ -48,11 +48,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dlm.engine.cache import empty_cache, window_forward
+from dlm.engine.cache import empty_cache, row_window_forward, window_forward
 from dlm.engine.state import BlockState, Decision, View
 from dlm.kernels.head import LOGITS
 from dlm.model.transformer import positions_from_valid
 from dlm.samplers.base import Sampler, check_number, check_positive_int, exponential_hires
+from dlm.samplers.dream import filter_logits
 
 RULES = ("reference", "paper")
 
@@ -77,19 +78,6 @@ def load_ar(name: str):
     raise ValueError(f"ar_model={name!r} is not a causal (autoregressive) network; train it with --causal")
   graphdef, state = nnx.split(model)
   return graphdef, state, model.cfg
-
-
-def top_p_filter(z: jax.Array, top_p: float) -> jax.Array:
-  """Logits outside the top-p nucleus -> -inf (the usual rule: keep tokens up to the first at which the
-  cumulative probability exceeds top_p; the most likely token always stays).  [..., V] -> [..., V]."""
-  if top_p >= 1.0:
-    return z
-  order = jnp.argsort(-z, axis=-1, stable=True)
-  sorted_z = jnp.take_along_axis(z, order, axis=-1)
-  probs = jax.nn.softmax(sorted_z, axis=-1)
-  drop_sorted = (jnp.cumsum(probs, axis=-1) - probs) > top_p
-  drop = jnp.take_along_axis(drop_sorted, jnp.argsort(order, axis=-1, stable=True), axis=-1)
-  return jnp.where(drop, -jnp.inf, z)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +164,8 @@ class AdaptiveParallel(Sampler):
 
     # 2. the draft (one noise draw for the whole view; `head_key` is the first half, ours the second)
     _, k_noise = jax.random.split(key)
-    z = logits / self.temperature if self.temperature > 0 else logits
-    z = top_p_filter(z, self.top_p)
+    # APD's generation_utils is Dream's: temperature, then Dream's top-p rule (samplers/dream.py).
+    z = filter_logits(logits, self.temperature, self.top_p, None)
     if self.temperature > 0:
       log_e = jnp.log(exponential_hires(k_noise, logits.shape))  # [B, G, V], log E, E ~ Exp(1)
       noisy = z - self.temperature * log_e if self.rule == "reference" else z - log_e
@@ -196,23 +184,17 @@ class AdaptiveParallel(Sampler):
     def prefill(kv):  # the first step: every position of the canvas, batched
       hidden, kv = window_forward(ar, rows, positions, valid, kv, 0, length)  # [B, L, D]
       at = p + idx_c - 1  # the output at position P + j - 1 predicts slot j
-      return jnp.take_along_axis(hidden, at[..., None], axis=1), kv, length
+      return jnp.take_along_axis(hidden, at[..., None], axis=1), kv
 
     def extend(kv):  # later steps: m positions from the last committed one, per row against its own cache
       start = jnp.minimum(p + t - 1, length - m)  # [B]
-
-      def one(row, pos, val, keys, values, s):
-        cache = type(kv)(keys=keys[:, None], values=values[:, None])
-        hidden, cache = window_forward(ar, row[None], pos[None], val[None], cache, s, m)
-        return hidden[0], cache.keys[:, 0], cache.values[:, 0]
-
-      hidden, keys, values = jax.vmap(one, in_axes=(0, 0, 0, 1, 1, 0), out_axes=(0, 1, 1))(
-          rows, positions, valid, kv.keys, kv.values, start)  # hidden [B, m, D]
+      hidden, kv = row_window_forward(ar, rows, positions, valid, kv, start, m)  # [B, m, D]
       at = p + idx_c - 1 - start[:, None]  # [B, m], inside the window
-      return jnp.take_along_axis(hidden, at[..., None], axis=1), type(kv)(keys=keys, values=values), m
+      return jnp.take_along_axis(hidden, at[..., None], axis=1), kv
 
     first = (block.step == 0) & (block.block == 0)
-    hidden_w, kv, computed = _select(first, prefill, extend, carry["kv"], length, m)
+    hidden_w, kv = jax.lax.cond(first, prefill, extend, carry["kv"])
+    computed = jnp.where(first, length, m)  # AR positions this step recomputed
     ar_logits = ar.logits(hidden_w, shift=False)  # [B, m, V]
     ar_logits = jnp.where(jnp.arange(vocab) == block.mask_id, -jnp.inf, ar_logits)
 
@@ -246,12 +228,6 @@ class AdaptiveParallel(Sampler):
                  ar_tokens=carry["ar_tokens"] + active * computed,
                  aux_flops=carry["aux_flops"] + active * (2.0 * n_params * computed))
     return Decision(tokens=tokens, commit=commit), carry
-
-
-def _select(first, prefill, extend, kv, length: int, m: int):
-  """lax.cond between the prefill and the per-row extension -> (hidden [B, m, D], cache, tokens computed)."""
-  hidden, kv = jax.lax.cond(first, lambda kv: prefill(kv)[:2], lambda kv: extend(kv)[:2], kv)
-  return hidden, kv, jnp.where(first, length, m)
 
 
 def _weighted(w: float, logits: jax.Array) -> jax.Array:

@@ -14,7 +14,8 @@ from dlm.io.params import save_model
 from dlm.model.config import tiny_dream, tiny_llada
 from dlm.model.transformer import init_model, positions_from_valid
 from dlm.samplers import AdaptiveParallel, make_sampler
-from dlm.samplers.apd import load_ar, top_p_filter
+from dlm.samplers.apd import load_ar
+from dlm.samplers.dream import filter_logits
 from dlm.samplers.base import drive_step
 from tests.conftest import PROMPTS, VALID
 from tests.reference_loops import apd_reference
@@ -140,10 +141,11 @@ def test_apd_rows_independent_cost_and_params_as_data(model, ar_folder):
 
 
 def test_top_p_filter_by_hand():
+  """APD's draft filter (Dream's rule, as APD's generation_utils copies Dream's)."""
   z = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
-  kept = np.isfinite(np.asarray(top_p_filter(z, 0.7)))[0]
+  kept = np.isfinite(np.asarray(filter_logits(z, 0.0, 0.7, None)))[0]
   assert kept.tolist() == [True, True, False, False]
-  assert np.isfinite(np.asarray(top_p_filter(z, 1.0))).all()
+  assert np.isfinite(np.asarray(filter_logits(z, 0.0, 1.0, None))).all()
 
 
 def test_apd_errors(model, ar_folder, tmp_path):

@@ -125,6 +125,20 @@ def window_forward(net: Transformer, rows, positions, valid, cache: KVCache, sta
   return net(window_rows, window_positions, valid, cache=cache, window_start=start)
 
 
+def row_window_forward(net: Transformer, rows, positions, valid, cache: KVCache, starts, width: int):
+  """Per-row windows: row b recomputes slots [starts[b], starts[b] + width) against its own cache (vmapped, so
+  each row has its own start).  rows: [B, L] ids (or [B, L, D] embeddings); positions, valid: [B, L]; starts:
+  [B] with start + width <= L.  -> hidden [B, width, D], updated cache."""
+  def one(row, pos, val, keys, values, start):
+    row_cache = KVCache(keys=keys[:, None], values=values[:, None])
+    hidden, row_cache = window_forward(net, row[None], pos[None], val[None], row_cache, start, width)
+    return hidden[0], row_cache.keys[:, 0], row_cache.values[:, 0]
+
+  hidden, keys, values = jax.vmap(one, in_axes=(0, 0, 0, 1, 1, 0), out_axes=(0, 1, 1))(
+      rows, positions, valid, cache.keys, cache.values, starts)
+  return hidden, KVCache(keys=keys, values=values)
+
+
 def empty_cache(cfg, rows: int, length: int) -> KVCache:
   shape = (cfg.n_layers, rows, length, cfg.num_kv_heads, cfg.dim_per_head)
   return KVCache(keys=jnp.zeros(shape, cfg.compute_dtype), values=jnp.zeros(shape, cfg.compute_dtype))

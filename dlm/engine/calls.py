@@ -24,7 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from dlm.engine.cache import block_slots, empty_cache, full_forward, window_forward
+from dlm.engine.cache import block_slots, empty_cache, full_forward, row_window_forward, window_forward
 from dlm.kernels.head import LOGITS, HeadBlocks, HeadRequest, HeadStats, head_statistics
 from dlm.kernels.noise import seed_words
 from dlm.model.transformer import Transformer, positions_from_valid
@@ -110,9 +110,7 @@ class NetworkCalls:
   def forward(self, tokens, soft=None, horizon=None):
     """[B, L] -> hidden [B, L, D]: one full forward of the conditional canvas.  horizon [B]: answer slots at or
     beyond it are hidden keys (a sampler's masked-input limit); their own outputs are not used."""
-    valid = self.valid
-    if horizon is not None:
-      valid = valid & (jnp.arange(valid.shape[1])[None] < self.prompt_length + horizon[:, None])
+    valid = self.valid if horizon is None else self.horizon_valid(horizon)
     hidden, _ = self.net(self.inputs(tokens, soft), self.positions, valid)
     return hidden
 
@@ -176,20 +174,12 @@ class NetworkCalls:
     its horizon hidden); -> hidden [B, N, D] of view slots [view_start, view_start + N) (zeros where the row's
     window does not reach: a sampler using this reads only slots inside it), and the new cache.
     starts: [B] int32 with 0 <= start <= L - width."""
-    net = self.net
-    valid = self.horizon_valid(horizon)
-
-    def one(row, pos, val, keys, values, start):
-      cache = type(kv)(keys=keys[:, None], values=values[:, None])
-      hidden, cache = window_forward(net, row[None], pos[None], val[None], cache, start, width)
-      return hidden[0], cache.keys[:, 0], cache.values[:, 0]
-
-    hidden, keys, values = jax.vmap(one, in_axes=(0, 0, 0, 1, 1, 0), out_axes=(0, 1, 1))(
-        tokens, self.positions, valid, kv.keys, kv.values, starts)  # hidden [B, width, D]
-    at = block_slots(view_start, view_length, net.cfg.logit_shift)[None] - starts[:, None]  # [B, N]
+    hidden, kv = row_window_forward(self.net, tokens, self.positions, self.horizon_valid(horizon), kv, starts,
+                                    width)  # hidden [B, width, D]
+    at = block_slots(view_start, view_length, self.net.cfg.logit_shift)[None] - starts[:, None]  # [B, N]
     inside = (at >= 0) & (at < width)
     hidden = jnp.take_along_axis(hidden, jnp.clip(at, 0, width - 1)[..., None], axis=1)
-    return jnp.where(inside[..., None], hidden, 0).astype(hidden.dtype), type(kv)(keys=keys, values=values)
+    return jnp.where(inside[..., None], hidden, 0).astype(hidden.dtype), kv
 
   def row_refresh(self, tokens, horizon, view_start: int, view_length: int):
     """The first step of a per-row window sampler: a full forward that fills the cache (keys at or beyond each

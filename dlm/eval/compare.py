@@ -130,6 +130,12 @@ def check_task_fits(model, task, seed: int = 0) -> None:
                      f"{model.cfg.vocab_size} entries; the testbed tasks need the testbed model (--model testbed)")
 
 
+def pad_batch(batch: int, *arrays):
+  """Pad a last, short batch to `batch` rows by repeating its last row, so no new program is compiled (the caller
+  drops the padded rows).  arrays: [rows, ...] each -> [batch, ...] each."""
+  return tuple(np.concatenate([a, np.repeat(a[-1:], batch - len(a), 0)]) if len(a) < batch else a for a in arrays)
+
+
 def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, block_length: int | None,
             stop_at_eos: bool, model_name: str, cache: str = "none") -> dict:
   """One grid entry on one task.  block_length None: the task's own block (`Task.block_length`), else one block."""
@@ -163,9 +169,7 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
   for i in range(0, n, batch):
     p, v = prompts[i:i + batch], valid[i:i + batch]
     rows = len(p)
-    if rows < batch:  # pad the last batch so no new program is compiled; padded rows are dropped
-      p = np.concatenate([p, np.repeat(p[-1:], batch - rows, 0)])
-      v = np.concatenate([v, np.repeat(v[-1:], batch - rows, 0)])
+    p, v = pad_batch(batch, p, v)
     t0 = time.perf_counter()
     out = run(p, v, jax.random.fold_in(key, i))
     wall += time.perf_counter() - t0

@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from dlm.heads.store import RecordStore, open_store
+from dlm.train.loop import checkpoint_manager
 from dlm.samplers.learn2pd import EgpReplay, filter_logits, init_filter
 
 KIND = "learn2pd_filter"
@@ -39,6 +40,7 @@ def collect_filter_data(model, task, out, *, n: int, batch: int, model_name: str
   """Record the EGP replay of `n` prompts of `task` into the store at `out` (resumes an interrupted run).
   stop_after: process at most this many batches in this call (tests use it to interrupt)."""
   from dlm.engine.generate import generate
+  from dlm.eval.compare import pad_batch
   from dlm.samplers import LowConfidence
   g, bk = task.gen_length, task.block_length or task.gen_length
   meta = {"kind": "egp", "model": model_name, "task": task.name, "n": n, "batch": batch, "seed": seed,
@@ -56,9 +58,7 @@ def collect_filter_data(model, task, out, *, n: int, batch: int, model_name: str
       break
     p, v = prompts[start:start + batch], valid[start:start + batch]
     rows = len(p)
-    if rows < batch:  # pad to the compiled batch; padded rows are dropped
-      p = np.concatenate([p, np.repeat(p[-1:], batch - rows, 0)])
-      v = np.concatenate([v, np.repeat(v[-1:], batch - rows, 0)])
+    p, v = pad_batch(batch, p, v)
     y = generate(model, p, v, sampler=reference, gen_length=g, block_length=bk).answers
     rec = generate(model, p, v, sampler=replay, gen_length=g, block_length=bk, sampler_params=y).extras
     rec = jax.tree.map(np.asarray, rec)
@@ -107,8 +107,7 @@ def train_filter(data, out, *, steps: int = 3000, lr: float = 3e-3, tau: float =
   params = init_filter(jax.random.key(seed), bk)
   opt_state = tx.init(params)
   out = Path(out)
-  manager = ocp.CheckpointManager((out / "ckpt").absolute(),
-                                  options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  manager = checkpoint_manager(out)  # the base model trainer's: out/ckpt, the last two steps kept
   start = manager.latest_step() or 0
   if start:
     target = {"params": params, "opt": opt_state}
