@@ -48,6 +48,22 @@ positive_int = _int_at_least(1, "a positive integer")
 nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 
+def _float_above(minimum: float, strict: bool, expected: str):
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not (value > minimum if strict else value >= minimum) or value != value:
+      raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+    return value
+  return parse
+
+
+positive_float = _float_above(0.0, True, "a number > 0")
+nonnegative_float = _float_above(0.0, False, "a number >= 0")
+
+
 def existing_dir(text: str) -> str:
   if not Path(text).is_dir():
     raise argparse.ArgumentTypeError(f"expected an existing folder, {text} is not one")
@@ -132,7 +148,6 @@ def cmd_train(args):
 
 
 def cmd_collect(args):
-  from dlm.heads.filter import collect_filter_data
   from dlm.tasks import TESTBED_TASKS, get_task
   task = get_task(args.task)
   if args.block_length is not None:
@@ -140,22 +155,53 @@ def cmd_collect(args):
     if task.gen_length % args.block_length:
       raise ValueError(f"--block-length {args.block_length} must divide the task's gen_length {task.gen_length}")
     task = dataclasses.replace(task, block_length=args.block_length)
+  if args.temperature is not None and args.kind != "joint":
+    raise ValueError("--temperature applies to --kind joint only (the EGP replay is greedy)")
   default = "testbed" if args.task in TESTBED_TASKS else "bundled"
   model, name = _load_model(args.model, args.dtype, default=default)
   from dlm.eval.compare import check_task_fits
   check_task_fits(model, task)
+  if args.kind == "joint":
+    from dlm.heads.joint import collect_joint_data
+    store = collect_joint_data(model, task, args.out, n=args.n, batch=args.batch, model_name=str(name),
+                               seed=args.seed, temperature=args.temperature)
+    print(f"{store.rows} trajectories in {args.out}")
+    return
+  from dlm.heads.filter import collect_filter_data
   store = collect_filter_data(model, task, args.out, n=args.n, batch=args.batch, model_name=str(name),
                               seed=args.seed)
   print(f"{store.rows} rows from {store.units_done} prompts in {args.out}")
 
 
 def cmd_train_head(args):
+  if args.kind == "joint":
+    return _train_joint(args)
   from dlm.heads.filter import train_filter
-  info = train_filter(args.data, args.out, steps=args.steps, lr=args.lr, tau=args.tau, seed=args.seed)
+  if len(args.data) != 1:
+    raise ValueError(f"--data takes one store for the filter, got {len(args.data)}")
+  info = train_filter(args.data[0], args.out, steps=args.steps or 3000, lr=args.lr or 3e-3, tau=args.tau,
+                      seed=args.seed)
   m = info["metrics"]
   print(f"filter for blocks of {info['block_length']}: BCE {m['loss_first']:.4f} -> {m['loss_last']:.4f}, "
         f"held-out BCE {m['held_bce']:.4f}, false-positive rate at tau={m['tau']} {m['held_fpr_at_tau']:.3f} "
         f"({m['wall_s']:.1f} s); wrote {Path(args.out) / 'head.json'}")
+
+
+def _train_joint(args):
+  import json
+  from dlm.heads.joint import train_joint
+  from dlm.heads.store import open_store
+  trained_with = {str(open_store(d).meta.get("model")) for d in args.data}
+  if len(trained_with) != 1:
+    raise ValueError(f"--data stores were collected with different models {sorted(trained_with)}")
+  model, name = _load_model(args.model or trained_with.pop(), args.dtype, default="testbed")
+  info = train_joint(args.data, args.out, model, model_name=str(name), steps=args.steps or 2000, batch=args.batch,
+                     lr=args.lr or 1e-3, speculation=args.speculation, seed=args.seed)
+  m = info["metrics"]
+  print(f"ADJUST layer ({info['parameters']} parameters): KL {m['loss_first']:.4f} -> {m['loss_last']:.4f} "
+        f"({m['wall_s']:.1f} s); held-out KL by unroll depth (layer vs marginals): "
+        + json.dumps({k: [round(v["kl"], 4), round(v["naive_kl"], 4)] for k, v in m["held_out"].items()})
+        + f"; wrote {Path(args.out) / 'head.json'}")
 
 
 def cmd_compare(args):
@@ -385,22 +431,31 @@ def main(argv=None):
                  help="a trained head folder for the samplers that read one (learn2pd)")
   p.set_defaults(fn=cmd_compare)
 
-  p = sub.add_parser("collect", help="record a head's training data (Learn2PD: the EGP replay) into a zarr3 store; "
-                     "resumes an interrupted run")
+  p = sub.add_parser("collect", help="record a head's training data into a zarr3 store (--kind egp: Learn2PD's "
+                     "EGP replay; joint: ADJUST's one-token-per-step trajectories); resumes an interrupted run")
   common(p)
+  p.add_argument("--kind", default="egp", choices=["egp", "joint"])
   p.add_argument("--task", required=True, type=task_name)
   p.add_argument("--n", type=positive_int, default=512, help="prompts")
   p.add_argument("--batch", type=positive_int, default=32)
   p.add_argument("--block-length", type=positive_int, default=None, help="default: the task's own block")
+  p.add_argument("--temperature", type=nonnegative_float, default=None,
+                 help="joint: sampling temperature of the trajectories (default: the task's, hmm 1, others 0)")
   p.add_argument("--out", required=True)
   p.set_defaults(fn=cmd_collect)
 
-  p = sub.add_parser("train-head", help="train a small head on collected data (kind: filter = Learn2PD)")
-  p.add_argument("kind", choices=["filter"])
-  p.add_argument("--data", required=True, type=existing_dir)
+  p = sub.add_parser("train-head", help="train a small head on collected data (filter = Learn2PD's filter, "
+                     "joint = ADJUST's sampler layer)")
+  p.add_argument("kind", choices=["filter", "joint"])
+  p.add_argument("--data", required=True, nargs="+", type=existing_dir, help="store folder(s) from `dlm collect`")
   p.add_argument("--out", required=True)
-  p.add_argument("--steps", type=positive_int, default=3000)
-  p.add_argument("--lr", type=float, default=3e-3)
+  p.add_argument("--model", default=None, type=model_source,
+                 help="joint: the frozen network (default: the one the data was collected with)")
+  p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+  p.add_argument("--steps", type=positive_int, default=None, help="default: 3000 (filter), 2000 (joint)")
+  p.add_argument("--batch", type=positive_int, default=64, help="joint: windows per step")
+  p.add_argument("--lr", type=positive_float, default=None, help="default: 3e-3 (filter), 1e-3 (joint)")
+  p.add_argument("--speculation", type=positive_int, default=3, help="joint: S, the deepest unroll")
   p.add_argument("--tau", type=float, default=0.96, help="decision threshold of the reported false-positive rate")
   p.add_argument("--seed", type=nonnegative_int, default=0)
   p.set_defaults(fn=cmd_train_head)

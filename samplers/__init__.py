@@ -1,5 +1,6 @@
 """Samplers: frozen, hashable dataclasses behind the `Sampler` protocol (DESIGN.md §2)."""
 
+from dlm.samplers.adjust import JointSampler
 from dlm.samplers.ancestral import Ancestral
 from dlm.samplers.apd import AdaptiveParallel
 from dlm.samplers.base import Sampler, exponential_hires, gumbel_argmax, probability_of, topk_per_row
@@ -19,5 +20,5 @@ from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
 
 __all__ = ["AdaptiveParallel", "Ancestral", "Credit", "Dilated", "DreamSampler", "EntropyBounded", "Factor", "Hierarchy",
-           "IterationSmoothing", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "Sampler", "Threshold", "Wino",
+           "IterationSmoothing", "JointSampler", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "Sampler", "Threshold", "Wino",
            "exponential_hires", "gumbel_argmax", "make_sampler", "probability_of", "topk_per_row"]

@@ -59,10 +59,8 @@ RULES = ("reference", "paper")
 
 
 def ar_folder(name: str) -> Path:
-  if name == "bundled":
-    from dlm.assets import ASSETS
-    return ASSETS / "ar"
-  return Path(name).expanduser()
+  from dlm.heads.folder import asset_or_path
+  return asset_or_path(name, "bundled", "ar")
 
 
 @functools.lru_cache(maxsize=4)

@@ -40,6 +40,10 @@ class Sampler(abc.ABC):
   # KV cache, each forward recomputes only canvas slots [window_start(carry), + row_window) per row and reads the
   # rest from the cache (APD's approximate dLLM cache, kv_window).  Only the view slots inside it are valid.
   row_window: int = 0
+  # Whether the sampler reads the base network's features of the whole canvas (`View.base`, a
+  # dlm.engine.features.BaseFeatures: slot-aligned final hidden states, the embedding table and the vocabulary
+  # head) to run a learned layer of its own on top (ADJUST; cache 'none', no CFG).
+  canvas_features: bool = False
 
   @property
   def head_request(self) -> HeadRequest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dlm.samplers.base import Sampler
+from dlm.samplers.adjust import JointSampler
 from dlm.samplers.ancestral import Ancestral
 from dlm.samplers.apd import AdaptiveParallel
 from dlm.samplers.dilated import Dilated
@@ -38,6 +39,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "smoothing": IterationSmoothing,
     "apd": AdaptiveParallel,
     "learn2pd": Learn2PD,
+    "adjust": JointSampler,
 }
 
 

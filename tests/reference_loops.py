@@ -283,3 +283,60 @@ def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M, W=None):
     out.append(x)
     nfes.append(nfe)
   return np.stack(out), np.array(nfes)
+
+
+def adjust_reference(model, layer, prompts, valid, *, gen_length, tokens_per_step, use_marginals):
+  """ADJUST at T = 0 as the reference's `_sample` ('fixed' strategy) runs it, one row at a time, with the
+  'even' count (k per step, the rest at the last step) and one block: each step a full forward, then k commits
+  of the masked slot of lowest entropy (argmax token), each followed (but the step's last) by a layer pass on
+  the updated canvas that replaces every slot's hidden state and distribution.  Entropies in float64."""
+  import math
+  import jax.numpy as jnp
+  cfg = model.cfg
+  steps = math.ceil(gen_length / tokens_per_step)
+
+  @jax.jit
+  def features(tokens, valid):
+    hidden, _ = model(tokens, positions_from_valid(valid), valid)
+    if cfg.logit_shift:  # slot i reads position i - 1 (slot 0 its own), as the reference shifts its features
+      hidden = jnp.concatenate([hidden[:, :1], hidden[:, :-1]], axis=1)
+    return hidden
+
+  @jax.jit
+  def layer_pass(tokens, hidden, valid):
+    return layer(model.embed_tokens(tokens), hidden, positions_from_valid(valid), valid)
+
+  @jax.jit
+  def logits_of(hidden):
+    return model.logits(hidden, shift=False)
+
+  def distributions(hidden, p):
+    logits = np.asarray(logits_of(hidden), np.float64)[0, p:]  # [G, V]
+    logits[:, cfg.mask_id] = -np.inf
+    probs = softmax(logits)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      entropy = -np.sum(np.where(probs > 0, probs * np.log(probs), 0.0), axis=-1)
+    return entropy, probs.argmax(-1)
+
+  out, passes = [], []
+  for row in range(prompts.shape[0]):
+    p = prompts.shape[1]
+    x = np.concatenate([prompts[row], np.full(gen_length, cfg.mask_id)]).astype(np.int32)[None]
+    v = np.concatenate([valid[row], np.ones(gen_length, bool)])[None]
+    count = 0
+    for step in range(steps):
+      hidden = features(x, v)
+      entropy, token = distributions(hidden, p)
+      left = int((x[0, p:] == cfg.mask_id).sum())
+      n = left if step == steps - 1 else min(tokens_per_step, left)
+      for j in range(n):
+        masked = x[0, p:] == cfg.mask_id
+        pos = int(np.argmin(np.where(masked, entropy, np.inf)))
+        x[0, p + pos] = token[pos]
+        if not use_marginals and j < n - 1:
+          hidden = layer_pass(x, hidden, v)
+          entropy, token = distributions(hidden, p)
+          count += 1
+    out.append(x[0])
+    passes.append(count)
+  return np.stack(out), np.asarray(passes)

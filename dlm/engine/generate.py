@@ -24,6 +24,7 @@ from flax import nnx
 
 from dlm.engine.cache import DEFAULT_WINDOW, CachePlan, check_cache, plan_cache
 from dlm.engine.calls import NetworkCalls
+from dlm.engine.features import canvas_features
 from dlm.engine.state import BlockState, Generation, LoopState, View, as_decision
 from dlm.kernels.attention import ATTENTION_IMPLS
 from dlm.kernels.head import IMPLEMENTATIONS, LOGITS, HeadBlocks, HeadRequest
@@ -114,6 +115,11 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
   if sampler.row_window and (not sampler.input_horizon or sampler.soft_inputs or sampler.reuse_unchanged):
     raise ValueError(f"{type(sampler).__name__}.row_window needs input_horizon and excludes soft inputs and the "
                      "reuse of unchanged predictions")
+  if sampler.canvas_features and (cache != "none" or sampler.cfg_scale > 0 or sampler.reuse_unchanged
+                                  or sampler.row_window or sampler.verify_rows):
+    raise ValueError(f"cache={cache!r}: {type(sampler).__name__} reads the whole canvas's features "
+                     "(canvas_features), which needs cache='none', cfg_scale=0, no reuse of unchanged predictions, "
+                     "no per-row window and no verification rows")
   if sampler.soft_inputs and (sampler.verify_rows or sampler.reuse_unchanged):
     raise ValueError(f"{type(sampler).__name__}: soft_inputs cannot be combined with verification rows or the "
                      "reuse of unchanged predictions (a belief update is a change the canvas does not show)")
@@ -321,6 +327,9 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params
       if hidden is not None:
         hidden_block, uncond = calls.block_hidden(s.tokens, hidden, vs, bv, soft=soft)
       view = to_view(hidden_block, uncond, sampler.head_request, k_step, blk)
+      if sampler.canvas_features:
+        view = view.replace(base=canvas_features(net, hidden, s.tokens, calls.positions, calls.valid,
+                                                 head_impl=spec.head, head_blocks=spec.head_blocks))
       if shadow is not None:
         shadow_tokens = jax.lax.dynamic_slice_in_dim(s.tokens, start, bk, axis=1)  # [B, Bk]
         view = view.replace(verify=to_view(shadow, None, sampler.verify_request, k_step, shadow_tokens))

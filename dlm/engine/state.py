@@ -25,6 +25,9 @@ class View:
   verify: with a sampler's `verify_rows`, the View of the block's leave-one-out shadow rows (WINO), filled per
     the sampler's `verify_request`: row i sees the canvas with block slot i hidden
     (dlm.engine.calls.NetworkCalls.forward_with_shadow); its `token_prob` is of the block's current tokens.
+  base: with a sampler's `canvas_features`, the `dlm.engine.features.BaseFeatures` of this step's full forward
+    (slot-aligned hidden states of the whole canvas, the embedding table and the vocabulary head), for samplers
+    that run a learned layer of their own on top of the network (ADJUST); None otherwise.
   Unused fields cost nothing: everything is traced in one program and XLA drops what no one reads.
   """
 
@@ -33,6 +36,7 @@ class View:
   verify: "View | None" = None
   stats: object = None  # dlm.kernels.HeadStats [B, Bv]
   params: object = None  # the traced `sampler_params` pytree (learned heads, APD's AR model), () when none
+  base: object = None  # dlm.engine.features.BaseFeatures (samplers with canvas_features), else None
 
   @classmethod
   def from_stats(cls, stats, hidden) -> "View":

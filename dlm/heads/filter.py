@@ -28,7 +28,8 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from dlm.heads.store import RecordStore, open_store
+from dlm.heads.folder import asset_or_path, read_head
+from dlm.heads.store import RecordStore, open_store, pending_batches
 from dlm.train.loop import checkpoint_manager
 from dlm.samplers.learn2pd import EgpReplay, filter_logits, init_filter
 
@@ -40,7 +41,6 @@ def collect_filter_data(model, task, out, *, n: int, batch: int, model_name: str
   """Record the EGP replay of `n` prompts of `task` into the store at `out` (resumes an interrupted run).
   stop_after: process at most this many batches in this call (tests use it to interrupt)."""
   from dlm.engine.generate import generate
-  from dlm.eval.compare import pad_batch
   from dlm.samplers import LowConfidence
   g, bk = task.gen_length, task.block_length or task.gen_length
   meta = {"kind": "egp", "model": model_name, "task": task.name, "n": n, "batch": batch, "seed": seed,
@@ -51,14 +51,8 @@ def collect_filter_data(model, task, out, *, n: int, batch: int, model_name: str
   prompts, valid, _ = task.encode(exs)
   reference = LowConfidence(steps=g)
   replay = EgpReplay(max_steps=g)
-  done_batches = 0
-  bar = tqdm(total=n, initial=store.units_done, disable=not progress, desc="collect")
-  for start in range(store.units_done, n, batch):
-    if stop_after is not None and done_batches >= stop_after:
-      break
-    p, v = prompts[start:start + batch], valid[start:start + batch]
-    rows = len(p)
-    p, v = pad_batch(batch, p, v)
+  for start, rows, p, v in pending_batches(store, prompts, valid, n=n, batch=batch, progress=progress,
+                                          stop_after=stop_after):
     y = generate(model, p, v, sampler=reference, gen_length=g, block_length=bk).answers
     rec = generate(model, p, v, sampler=replay, gen_length=g, block_length=bk, sampler_params=y).extras
     rec = jax.tree.map(np.asarray, rec)
@@ -68,9 +62,6 @@ def collect_filter_data(model, task, out, *, n: int, batch: int, model_name: str
                   "masked": rec["masked"][:rows][keep],
                   "prompt": np.broadcast_to(start + np.arange(rows)[:, None], keep.shape)[keep],
                   "step": np.broadcast_to(np.arange(g)[None], keep.shape)[keep]}, units_done=start + rows)
-    bar.update(rows)
-    done_batches += 1
-  bar.close()
   return store
 
 
@@ -160,22 +151,13 @@ def train_filter(data, out, *, steps: int = 3000, lr: float = 3e-3, tau: float =
 
 def filter_folder(name: str, block_length: int | None = None) -> Path:
   """A filter folder; "testbed" is the shipped set, one per block length (block<Bk>, default 32)."""
-  if name == "testbed":
-    from dlm.assets import ASSETS
-    return ASSETS / "testbed_filter" / f"block{block_length or 32}"
-  return Path(name).expanduser()
+  return asset_or_path(name, "testbed", f"testbed_filter/block{block_length or 32}")
 
 
 @functools.lru_cache(maxsize=8)
 def _load(name: str, block_length: int | None):
   folder = filter_folder(name, block_length)
-  head = folder / "head.json"
-  if not head.is_file():
-    raise FileNotFoundError(f"head={name!r}: no Learn2PD filter at {folder} (no head.json); train one with "
-                            "`dlm collect` then `dlm train-head filter`")
-  info = json.loads(head.read_text())
-  if info.get("kind") != KIND:
-    raise ValueError(f"head={name!r} is a {info.get('kind')!r} head, not a Learn2PD filter")
+  info = read_head(folder, name, KIND, "Learn2PD filter", "`dlm collect` then `dlm train-head filter`")
   with np.load(folder / "params.npz") as data:
     params = {name: jnp.asarray(data[name]) for name in ("w1", "b1", "w2", "b2")}
   return params, info

@@ -110,3 +110,22 @@ def open_store(folder) -> RecordStore:
     array = ts.open(_spec(folder, path.stem), open=True).result()
     fields[path.stem] = (tuple(array.shape[1:]), array.dtype.numpy_dtype.name)
   return RecordStore(folder, fields, state["meta"])
+
+
+def pending_batches(store: RecordStore, prompts, valid, *, n: int, batch: int, progress: bool = True,
+                    desc: str = "collect", stop_after: int | None = None):
+  """Yield (start, rows, prompts [batch, P], valid [batch, P]) for the prompts `store` has not recorded yet,
+  padded to `batch` rows (one compiled program), with a progress bar.  The caller appends each batch's records
+  (`units_done=start + rows`) before asking for the next, so a killed run resumes at the next batch.
+  stop_after: yield at most this many batches (tests use it to interrupt a collection)."""
+  from tqdm.auto import tqdm
+  from dlm.eval.compare import pad_batch
+  bar = tqdm(total=n, initial=store.units_done, disable=not progress, desc=desc)
+  for i, start in enumerate(range(store.units_done, n, batch)):
+    if stop_after is not None and i >= stop_after:
+      break
+    p, v = prompts[start:start + batch], valid[start:start + batch]
+    rows = len(p)
+    yield (start, rows, *pad_batch(batch, p, v))
+    bar.update(rows)
+  bar.close()

@@ -20,7 +20,7 @@ from dlm.model.config import ModelConfig
 from dlm.model.transformer import Transformer
 
 
-def _flat_state(model: Transformer) -> dict[str, np.ndarray]:
+def _flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
   flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
   return {".".join(map(str, path)): np.asarray(jax.device_get(var.get_value())) for path, var in flat}
 
@@ -46,12 +46,41 @@ def atomic_write(path: Path, write_fn) -> None:
 def save_model(model: Transformer, folder: str | os.PathLike, *, dtype=None) -> None:
   """Write `params.safetensors` and `config.json` into folder."""
   folder = Path(folder)
-  tensors = _flat_state(model)
-  if dtype is not None:
-    tensors = {k: v.astype(dtype) for k, v in tensors.items()}
-  atomic_write(folder / "params.safetensors", lambda tmp: save_file(tensors, tmp))
+  save_params(model, folder / "params.safetensors", dtype=dtype)
   atomic_write(folder / "config.json",
                lambda tmp: Path(tmp).write_text(json.dumps(model.cfg.to_dict(), indent=1)))
+
+
+def save_params(module: nnx.Module, path: str | os.PathLike, *, dtype=None) -> None:
+  """Write a module's parameters to one safetensors file (names: the nnx state paths joined by dots)."""
+  tensors = _flat_state(module)
+  if dtype is not None:
+    tensors = {k: v.astype(dtype) for k, v in tensors.items()}
+  atomic_write(Path(path), lambda tmp: save_file(tensors, tmp))
+
+
+def load_params(make, path: str | os.PathLike):
+  """The module `make()` builds (abstractly, no initialisation runs) with its parameters read from `path`, a file
+  written by `save_params`; a missing, extra or mis-shaped tensor is a one-line ValueError."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing; expected a file written by dlm.io.save_params")
+  tensors = load_file(str(path))
+  graphdef, state = nnx.split(nnx.eval_shape(make))
+  flat = nnx.to_flat_state(state)
+  expected = {".".join(map(str, p)): v for p, v in flat}
+  missing = sorted(set(expected) - set(tensors))
+  unexpected = sorted(set(tensors) - set(expected))
+  if missing or unexpected:
+    raise ValueError(f"parameter mismatch in {path}: missing={missing} unexpected={unexpected}")
+  leaves = []
+  for path_, var in flat:
+    key = ".".join(map(str, path_))
+    arr = tensors[key]
+    if arr.shape != tuple(var.get_value().shape):
+      raise ValueError(f"{key}: checkpoint shape {arr.shape} != model shape {tuple(var.get_value().shape)}")
+    leaves.append((path_, var.replace(jax.numpy.asarray(arr, dtype=var.get_value().dtype))))
+  return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
 def load_model(folder: str | os.PathLike, *, dtype: str | None = None) -> Transformer:
@@ -63,21 +92,4 @@ def load_model(folder: str | os.PathLike, *, dtype: str | None = None) -> Transf
   cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
   if dtype is not None:
     cfg = cfg.replace(dtype=dtype)
-  tensors = load_file(str(folder / "params.safetensors"))
-  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  flat = nnx.to_flat_state(state)
-  expected = {".".join(map(str, p)): v for p, v in flat}
-  missing = sorted(set(expected) - set(tensors))
-  unexpected = sorted(set(tensors) - set(expected))
-  if missing or unexpected:
-    raise ValueError(f"parameter mismatch in {folder}: missing={missing} unexpected={unexpected}")
-  leaves = []
-  for path, var in flat:
-    key = ".".join(map(str, path))
-    arr = tensors[key]
-    if arr.shape != tuple(var.get_value().shape):
-      raise ValueError(f"{key}: checkpoint shape {arr.shape} != model shape {tuple(var.get_value().shape)}")
-    leaves.append((path, var.replace(jax.numpy.asarray(arr, dtype=var.get_value().dtype))))
-  state = nnx.from_flat_state(leaves)
-  return nnx.merge(graphdef, state)
+  return load_params(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), folder / "params.safetensors")
