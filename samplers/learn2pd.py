@@ -82,10 +82,18 @@ class Learn2PD(Sampler):
     from dlm.heads.filter import load_filter
     return load_filter(self.head, block_length=block_length)[0]
 
+  def init(self, batch, block_length, vocab_size=0):
+    return dict(aux_flops=jnp.zeros((batch,), jnp.float32))
+
+  def report(self, carry):
+    return dict(carry)  # the filter's FLOPs (2 * its parameters per step), for dlm bench / compare
+
   def step(self, view: View, block: BlockState, carry, key):
     del key
     x0, conf = view.top1, view.top1_prob  # [B, Bk]
     masked = block.masked
+    n_params = sum(x.size for x in jax.tree.leaves(view.params))
+    carry = dict(aux_flops=carry["aux_flops"] + block.active * (2.0 * n_params))
     if view.params["w1"].shape[0] != conf.shape[-1]:
       raise ValueError(f"the Learn2PD filter reads blocks of {view.params['w1'].shape[0]} slots, the engine runs "
                        f"blocks of {conf.shape[-1]}")

@@ -192,3 +192,18 @@ def test_training_lowers_the_kl_and_the_layer_loads(trajectories, tmp_path):
   assert again["metrics"]["loss_first"] is None
   with pytest.raises(ValueError, match="collected with the model 'tiny56', not 'other'"):
     train_joint(folder, tmp_path / "x", net, model_name="other", steps=2, progress=False)
+
+
+def test_bench_reports_the_layer_cost(setup):
+  from dlm.eval.bench import bench
+  from dlm.eval.compare import forward_flops
+  net, layer, folder = setup
+  result = bench(net, PROMPTS, VALID, sampler=JointSampler(tokens_per_step=4, schedule="even", temperature=0.0,
+                                                           head=folder), gen_length=G, repeats=1)
+  length = PROMPTS.shape[1] + G
+  n_params = layer_parameters(net.cfg)
+  per_pass = 2.0 * n_params * length + 2.0 * net.cfg.d_model * net.cfg.vocab_size * G
+  # Two steps of 4 commits: 3 passes each, per 1 forward.
+  np.testing.assert_allclose(result["head_cost_per_forward"], 3 * per_pass / forward_flops(net, length), rtol=1e-5)
+  np.testing.assert_allclose(result["nfe_flops_mean"], 2 + 6 * per_pass / forward_flops(net, length), rtol=1e-5)
+  assert result["layer_passes_mean"] == 6

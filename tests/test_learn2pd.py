@@ -95,6 +95,8 @@ def test_filter_limits_always_yes_and_always_no(model, tmp_path):
   ref = generate(model, PROMPTS, VALID, sampler=Threshold(tau=2.0), **kw)  # one most-confident slot per step
   np.testing.assert_array_equal(np.asarray(one.tokens), np.asarray(ref.tokens))
   assert np.asarray(one.nfe).tolist() == [8, 8, 8]
+  # The filter's cost: 2 * its 40 parameters per step (2 * (4*4 + 4) per layer), reported for bench/compare.
+  np.testing.assert_allclose(np.asarray(one.extras["aux_flops"]), 8 * 2.0 * 40)
   with pytest.raises(ValueError, match="trained for blocks of 4 slots, the run uses 8"):
     generate(model, PROMPTS, VALID, sampler=Learn2PD(head=yes), gen_length=8, block_length=8)
   with pytest.raises(FileNotFoundError, match="no Learn2PD filter"):
@@ -118,7 +120,7 @@ def test_eotp_truncation_by_hand_batched(tmp_path):
   def run(head):
     sampler = Learn2PD(head=head)
     view = View(logits=jnp.asarray(logits), hidden=jnp.zeros((3, 4, 1)), params=load_filter(head)[0])
-    decision, _ = as_decision(drive_step(sampler, view, state, (), jax.random.key(0)))
+    decision, _ = as_decision(drive_step(sampler, view, state, sampler.init(3, 4), jax.random.key(0)))
     return np.asarray(decision.truncate), np.asarray(decision.commit)
 
   # Filter says yes: row 0 commits EOS at slot 2 -> the answer ends after 4 + 2; row 1's first committed EOS is

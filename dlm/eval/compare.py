@@ -189,9 +189,9 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
   extras = {name: np.concatenate(parts) for name, parts in extras.items()}
   record_extras = {f"{name}_mean": float(value.mean()) for name, value in extras.items()}
   if "aux_flops" in extras:
-    # A second model's FLOPs (APD's AR model) in units of one dLLM forward over the canvas (2 N L per row).
-    dllm_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    per_forward = 2.0 * dllm_params * (prompts.shape[1] + gen_length)
+    # A second model's or a head's FLOPs (APD's AR model, ADJUST's layer, Learn2PD's filter) in units of one
+    # dLLM forward over the canvas (2 N L per row).
+    per_forward = forward_flops(model, prompts.shape[1] + gen_length)
     record_extras["nfe_flops_mean"] = float((nfe + extras["aux_flops"] / per_forward).mean())
   return {
       "sampler": entry.sampler, "family": family_name(entry, sampler), "settings": sampler.settings(), "task": task.name,
@@ -223,6 +223,11 @@ def label(entry: GridEntry, sampler) -> str:
   parts = [f"{k}={v}" for k, v in entry.settings]
   parts += [f"{k}={v}" for k, v in entry.engine]
   return ",".join(parts) or sampler.family
+
+
+def forward_flops(model, length: int) -> float:
+  """2 * N * L: the matmul estimate of one network forward over a canvas of `length` (N: every parameter)."""
+  return 2.0 * sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) * length
 
 
 def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batch: int = 32, seed: int = 0,
