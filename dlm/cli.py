@@ -221,7 +221,7 @@ def cmd_compare(args):
     _check_head(args.head, name)
   records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
                     block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
-                    model_name=name)
+                    model_name=name, cells_dir=Path(args.out) / "cells" if args.out else None)
   print(format_table(records))
   rows = aup_table(records)
   if rows:
@@ -296,6 +296,18 @@ def cmd_lm_eval(args):
   results = run(args.tasks, model_args, include_path=args.include_path, limit=args.limit,
                 num_fewshot=args.num_fewshot, output=args.out)
   print(json.dumps(results["results"], indent=1, default=str))
+
+
+def cmd_run(args):
+  from dlm.eval.aup import aup_table, format_aup
+  from dlm.eval.compare import format_table
+  from dlm.eval.experiment import run_experiment
+  records = run_experiment(args.experiment, args.out)
+  print(format_table(records))
+  rows = aup_table(records)
+  if rows:
+    print(format_aup(rows))
+  print(f"wrote {args.out}: config.yaml, environment.json, cells/, results.json, results.csv, aup.json, frontier.png")
 
 
 def _settings(pairs) -> dict:
@@ -534,6 +546,12 @@ def main(argv=None):
   p.add_argument("--num-fewshot", type=nonnegative_int, default=None)
   p.add_argument("--out", default=None, help="folder for results.json")
   p.set_defaults(fn=cmd_lm_eval)
+
+  p = sub.add_parser("run", help="run an experiment file (models x samplers x settings x tasks) into a folder; a "
+                     "rerun skips finished cells")
+  p.add_argument("experiment", type=existing_file)
+  p.add_argument("--out", required=True)
+  p.set_defaults(fn=cmd_run)
 
   p = sub.add_parser("sample", help="print completions for a prompt or a task")
   common(p)

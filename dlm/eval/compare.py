@@ -68,6 +68,11 @@ def load_grid(path) -> list[GridEntry]:
     entries = yaml.safe_load(Path(path).read_text())
   except yaml.YAMLError as e:
     raise ValueError(f"grid {path} is not valid YAML: {' '.join(str(e).split())}") from None
+  return parse_grid(entries, path)
+
+
+def parse_grid(entries, path) -> list[GridEntry]:
+  """Grid entries from parsed YAML (`path` names their origin in errors)."""
   if not entries:
     raise ValueError(f"grid {path} is empty; expected a YAML list of {{sampler: NAME, SETTING: VALUE}} entries")
   if not isinstance(entries, list):
@@ -230,9 +235,21 @@ def forward_flops(model, length: int) -> float:
   return 2.0 * sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) * length
 
 
+def cell_key(entry: GridEntry, task: str, **options) -> str:
+  """A stable name for one cell (model, task, grid entry, run options) of a grid: its results file's stem."""
+  import hashlib
+  blob = json.dumps({"sampler": entry.sampler, "settings": entry.settings, "engine": entry.engine, "task": task,
+                     **options}, sort_keys=True, default=str)
+  return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
 def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batch: int = 32, seed: int = 0,
             block_length: int | None = None, stop_at_eos: bool = False, cache: str = "none",
-            model_name: str = "bundled", progress: bool = True) -> list[dict]:
+            model_name: str = "bundled", progress: bool = True, cells_dir=None) -> list[dict]:
+  """Every grid entry on every task it runs on -> records.  With `cells_dir`, each finished cell is written there
+  (one JSON file per cell, through a temporary file and a rename) and a cell already there is read instead of
+  run: a rerun skips finished cells, and a cell that was interrupted runs again from its start."""
+  from dlm.io.params import atomic_write
   for t in tasks:
     check_task_fits(model, get_task(t))
   jobs = [(get_task(t), e) for t in tasks for e in grid if e.runs_on(t)]
@@ -240,11 +257,24 @@ def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batc
   bar = tqdm(jobs, disable=not progress, desc="compare")
   for task, entry in bar:
     bar.set_postfix(task=task.name, sampler=entry.sampler)
+    path = None
+    if cells_dir is not None:
+      key = cell_key(entry, task.name, model=str(model_name), n=n, batch=batch, seed=seed,
+                     block_length=block_length, stop_at_eos=stop_at_eos, cache=cache)
+      path = Path(cells_dir) / f"{key}.json"
+      if path.is_file():
+        records.append(json.loads(path.read_text()))
+        continue
     try:
-      records.append(run_one(model, task, entry, n=n, batch=batch, seed=seed, block_length=block_length,
-                             stop_at_eos=stop_at_eos, model_name=model_name, cache=cache))
+      record = run_one(model, task, entry, n=n, batch=batch, seed=seed, block_length=block_length,
+                       stop_at_eos=stop_at_eos, model_name=model_name, cache=cache)
     except ValueError as e:  # a setting that does not fit this task's canvas (e.g. steps vs blocks)
       bar.write(f"skipped {entry.sampler} {dict(entry.settings)} on {task.name}: {e}")
+      continue
+    records.append(record)
+    if path is not None:
+      body = json.dumps(record, indent=1, default=str)
+      atomic_write(path, lambda tmp: Path(tmp).write_text(body))
   return records
 
 
