@@ -234,9 +234,12 @@ def test_heads_agree_at_temperature(sampler, bundled):
 def test_samplers_that_read_statistics_never_ask_for_logits():
   from dlm.samplers.registry import SAMPLERS
   statistics_only = {"low_confidence", "random", "ancestral", "threshold", "factor", "dilated", "hierarchy", "eb",
-                     "wino", "prophet", "learn2pd"}
+                     "wino", "prophet", "learn2pd", "adjust"}
   for name in statistics_only:
     assert not SAMPLERS[name]().head_request.logits, name
+  # ADJUST's entropy is of the reshaped distribution once temperature or top-p reshape it: then full logits.
+  assert SAMPLERS["adjust"](temperature=0.7).head_request.logits
+  assert SAMPLERS["adjust"](top_p=0.9).head_request.logits
   for name in set(SAMPLERS) - statistics_only:  # top-p / filtered / boosted / history: full logits
     assert SAMPLERS[name]().head_request.logits, name
   assert dataclasses.replace(LowConfidence(), confidence_eos_eot_inf=True).head_request.logits  # reference rule
