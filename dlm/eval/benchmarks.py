@@ -111,18 +111,16 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) 
   The child gets an address-space limit (RLIMIT_AS) and its own session, so a timeout kills it and everything it
   started; it runs in an empty temporary directory.  A MemoryError (or death by the limit) reads "memory".
   """
-  import resource
-
-  def limits():
-    os.setsid()
-    size = memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (size, size))
-
+  # The limit is set by a bootstrap inside the child (no preexec_fn: forking a multithreaded JAX process to run
+  # Python code before exec can deadlock); start_new_session gives the child its own process group.
+  boot = ("import resource, runpy, sys; s = int(sys.argv[2]) * 1024 * 1024; "
+          "resource.setrlimit(resource.RLIMIT_AS, (s, s)); sys.argv = sys.argv[1:2]; "
+          "runpy.run_path(sys.argv[0], run_name='__main__')")
   with tempfile.TemporaryDirectory() as tmp:
     program = Path(tmp) / "program.py"
     program.write_text(source)
-    proc = subprocess.Popen([sys.executable, "-I", str(program)], cwd=tmp, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, preexec_fn=limits)
+    proc = subprocess.Popen([sys.executable, "-I", "-c", boot, str(program), str(memory_mb)], cwd=tmp,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
       _, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
