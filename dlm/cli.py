@@ -484,7 +484,7 @@ def main(argv=None):
   p.add_argument("--cache", default="none", type=cache_name, help="none | prefix | dual | window")
   p.add_argument("--out", default=None, help="folder for results.json and frontier.png")
   p.add_argument("--head", default=None, type=existing_dir,
-                 help="a trained head folder for the samplers that read one (learn2pd)")
+                 help="a trained head folder for the samplers that read one (learn2pd, adjust)")
   p.set_defaults(fn=cmd_compare)
 
   p = sub.add_parser("collect", help="record a head's training data into a zarr3 store (--kind egp: Learn2PD's "
@@ -565,7 +565,7 @@ def main(argv=None):
   p.add_argument("--gen-length", type=positive_int, default=None)
   p.add_argument("--block-length", type=positive_int, default=None)
   p.add_argument("--stop-at-eos", action="store_true")
-  p.add_argument("--head", default=None, type=existing_dir, help="a trained head folder (learn2pd)")
+  p.add_argument("--head", default=None, type=existing_dir, help="a trained head folder (learn2pd, adjust)")
   p.set_defaults(fn=cmd_sample)
 
   p = sub.add_parser("bench", help="compile time, wall time, NFE, TPS and overhead ratios as JSON")
