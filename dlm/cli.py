@@ -204,28 +204,40 @@ def _train_joint(args):
         + f"; wrote {Path(args.out) / 'head.json'}")
 
 
+def _grid_from_args(sampler, pairs, grid_path):
+  """One `--sampler` with its `--set` settings, or the entries of a grid file (`--set` belongs to --sampler)."""
+  from dlm.eval.compare import GridEntry, load_grid
+  if grid_path is None:
+    return [GridEntry(sampler, tuple(sorted(_settings(pairs).items())))]
+  if pairs:
+    raise ValueError("--set needs --sampler (a grid file carries its own settings)")
+  return load_grid(grid_path)
+
+
+def _print_records(records) -> None:
+  """compare's table, then the AUP table when the records make one."""
+  from dlm.eval.aup import aup_table, format_aup
+  from dlm.eval.compare import format_table
+  print(format_table(records))
+  rows = aup_table(records)
+  if rows:
+    print(format_aup(rows))
+
+
 def cmd_compare(args):
-  from dlm.eval.compare import GridEntry, check_grid, compare, format_table, load_grid, write_results
-  if args.sampler:
-    grid = [GridEntry(args.sampler, tuple(sorted(_settings(args.set).items())))]
-  else:
-    if args.set:
-      raise ValueError("--set needs --sampler (a grid file carries its own settings)")
-    grid = load_grid(args.grid or packaged_config("compare_default.yaml"))
+  from dlm.eval.compare import check_grid, compare, write_results
+  grid = _grid_from_args(args.sampler, args.set,
+                         None if args.sampler else args.grid or packaged_config("compare_default.yaml"))
   if args.head:
     grid = [_with_head(entry, args.head) for entry in grid]
   check_grid(grid)  # unknown samplers and settings fail before the model loads
-  from dlm.eval.aup import aup_table, format_aup
   model, name = _load_model(args.model, args.dtype, default=DEFAULT_COMPARE_MODEL)
   if args.head:
     _check_head(args.head, name)
   records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
                     block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
                     model_name=name, cells_dir=Path(args.out) / "cells" if args.out else None)
-  print(format_table(records))
-  rows = aup_table(records)
-  if rows:
-    print(format_aup(rows))
+  _print_records(records)
   if args.out:
     write_results(records, args.out)
     print(f"wrote {Path(args.out) / 'results.json'}, aup.json and frontier.png")
@@ -256,15 +268,10 @@ def _check_head(head: str, model_name) -> None:
 
 def cmd_eval(args):
   from dlm.eval.benchmarks import evaluate, format_summaries
-  from dlm.eval.compare import GridEntry, check_grid, label, load_grid
+  from dlm.eval.compare import check_grid, label
   from dlm.eval.text import TextModel
   from dlm.samplers import make_sampler
-  if args.grid:
-    if args.set:
-      raise ValueError("--set needs --sampler (a grid file carries its own settings)")
-    grid = load_grid(args.grid)
-  else:
-    grid = [GridEntry(args.sampler, tuple(sorted(_settings(args.set).items())))]
+  grid = _grid_from_args(args.sampler, args.set, args.grid)
   check_grid(grid)
   samplers = []
   for entry in grid:
@@ -283,14 +290,8 @@ def cmd_eval(args):
 def cmd_lm_eval(args):
   import json
   from dlm.eval.lm_eval_adapter import run
-  model_args = {}
-  for pair in (args.model_args or "").split(","):
-    if not pair.strip():
-      continue
-    if "=" not in pair:
-      raise ValueError(f"--model-args expects k=v,k=v, got {pair!r}")
-    k, v = pair.split("=", 1)
-    model_args[k.strip()] = _parse_value(v.strip())
+  pairs = ["=".join(part.strip() for part in p.split("=", 1)) for p in args.model_args.split(",") if p.strip()]
+  model_args = _settings(pairs, flag="--model-args")
   if args.model is not None:
     model_args["model"] = args.model
   results = run(args.tasks, model_args, include_path=args.include_path, limit=args.limit,
@@ -299,22 +300,17 @@ def cmd_lm_eval(args):
 
 
 def cmd_run(args):
-  from dlm.eval.aup import aup_table, format_aup
-  from dlm.eval.compare import format_table
   from dlm.eval.experiment import run_experiment
   records = run_experiment(args.experiment, args.out)
-  print(format_table(records))
-  rows = aup_table(records)
-  if rows:
-    print(format_aup(rows))
+  _print_records(records)
   print(f"wrote {args.out}: config.yaml, environment.json, cells/, results.json, results.csv, aup.json, frontier.png")
 
 
-def _settings(pairs) -> dict:
+def _settings(pairs, flag: str = "--set") -> dict:
   out = {}
   for pair in pairs or []:
     if "=" not in pair or not pair.split("=", 1)[0]:
-      raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
+      raise ValueError(f"{flag} expects NAME=VALUE, got {pair!r}")
     k, v = pair.split("=", 1)
     out[k] = _parse_value(v)
   return out

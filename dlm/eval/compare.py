@@ -62,13 +62,17 @@ class GridEntry:
     return out
 
 
+def read_yaml(path, what: str):
+  """A YAML file's contents, or a one-line error naming the file (`what`: "grid", "experiment")."""
+  try:
+    return yaml.safe_load(Path(path).read_text())
+  except yaml.YAMLError as e:
+    raise ValueError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
+
+
 def load_grid(path) -> list[GridEntry]:
   """A YAML list of {sampler: name, <setting>: value, ...}."""
-  try:
-    entries = yaml.safe_load(Path(path).read_text())
-  except yaml.YAMLError as e:
-    raise ValueError(f"grid {path} is not valid YAML: {' '.join(str(e).split())}") from None
-  return parse_grid(entries, path)
+  return parse_grid(read_yaml(path, "grid"), path)
 
 
 def parse_grid(entries, path) -> list[GridEntry]:
@@ -192,12 +196,7 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
   peers = peer_token_counts(answers, model.cfg.end_ids)
   total_nfe = max(int(nfe.sum()), 1)
   extras = {name: np.concatenate(parts) for name, parts in extras.items()}
-  record_extras = {f"{name}_mean": float(value.mean()) for name, value in extras.items()}
-  if "aux_flops" in extras:
-    # A second model's or a head's FLOPs (APD's AR model, ADJUST's layer, Learn2PD's filter) in units of one
-    # dLLM forward over the canvas (2 N L per row).
-    per_forward = forward_flops(model, prompts.shape[1] + gen_length)
-    record_extras["nfe_flops_mean"] = float((nfe + extras["aux_flops"] / per_forward).mean())
+  record_extras = summarize_extras(model, extras, nfe, prompts.shape[1] + gen_length)
   return {
       "sampler": entry.sampler, "family": family_name(entry, sampler), "settings": sampler.settings(), "task": task.name,
       "n": n, "score": float(scores.mean()), "score_ci95": ci95(scores), "nfe_mean": float(nfe.mean()),
@@ -233,6 +232,22 @@ def label(entry: GridEntry, sampler) -> str:
 def forward_flops(model, length: int) -> float:
   """2 * N * L: the matmul estimate of one network forward over a canvas of `length` (N: every parameter)."""
   return 2.0 * sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) * length
+
+
+def summarize_extras(model, extras: dict, nfe, length: int) -> dict:
+  """A sampler's own per-row measurements (`Generation.extras`, {name: [N]}) as `<name>_mean`; with `aux_flops`
+  (a second model's or a head's FLOPs: APD's AR model, ADJUST's layer, Learn2PD's filter) also the FLOPs-weighted
+  NFE `nfe_flops_mean` and `head_cost_per_forward`, both in units of one network forward over the canvas
+  (2 N L per row)."""
+  nfe = np.asarray(nfe)
+  out = {f"{name}_mean": float(np.asarray(value).mean()) for name, value in extras.items()
+         if np.asarray(value).ndim == 1}
+  if "aux_flops" in extras:
+    per_forward = forward_flops(model, length)
+    aux = np.asarray(extras["aux_flops"])
+    out["nfe_flops_mean"] = float((nfe + aux / per_forward).mean())
+    out["head_cost_per_forward"] = float(aux.sum() / max(int(nfe.sum()), 1) / per_forward)
+  return out
 
 
 def cell_key(entry: GridEntry, task: str, **options) -> str:

@@ -31,13 +31,10 @@ DEFAULTS = {"n": 64, "batch": 32, "seed": 0, "block_length": None, "stop_at_eos"
 
 
 def load_experiment(path) -> dict:
-  from dlm.eval.compare import check_grid, load_grid, parse_grid
+  from dlm.eval.compare import check_grid, load_grid, parse_grid, read_yaml
   from dlm.tasks import get_task
   path = Path(path)
-  try:
-    spec = yaml.safe_load(path.read_text())
-  except yaml.YAMLError as e:
-    raise ValueError(f"experiment {path} is not valid YAML: {' '.join(str(e).split())}") from None
+  spec = read_yaml(path, "experiment")
   if not isinstance(spec, dict):
     raise ValueError(f"experiment {path}: expected a mapping with models, tasks and grid")
   unknown = sorted(set(spec) - {"models", "tasks", "grid", *DEFAULTS})

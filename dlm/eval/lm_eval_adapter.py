@@ -29,10 +29,6 @@ from lm_eval.api.registry import register_model
 
 from dlm.model.transformer import positions_from_valid
 
-KNOWN = ("model", "dtype", "sampler", "gen_length", "block_length", "cache", "batch_size", "max_batch_size", "device",
-         "mc_num", "mc_batch", "check_greedy", "seed")
-
-
 def mask_counts(k: int, t: int, b: int) -> np.ndarray:
   """LLaDA's stratified masking: row i of a batch of b masks ((round(k + i t / b) - 1) mod t) + 1 of t slots."""
   x = np.round(np.linspace(float(k), k + (b - 1) * (t / b), b)).astype(np.int64)

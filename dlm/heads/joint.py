@@ -193,11 +193,6 @@ def commit_rank(order: np.ndarray) -> np.ndarray:
   return np.argsort(np.argsort(order, axis=1, kind="stable"), axis=1, kind="stable").astype(np.int32)
 
 
-def _progress(total, initial, desc, progress):
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, disable=not progress, desc=desc)
-
-
 def collect_joint_data(model, task, out, *, n: int, batch: int, model_name: str, seed: int = 0,
                        temperature: float | None = None, progress: bool = True, stop_after: int | None = None):
   """Record one-token-per-step entropy-ordered trajectories (ADJUST with K = 1: the network's own joint) of `n`
@@ -296,7 +291,8 @@ def train_joint(data, out, model: Transformer, *, model_name: str, steps: int = 
   rng = np.random.default_rng(seed + first)
   t0 = time.time()
   losses = []
-  bar = _progress(steps, first, "train-head joint", progress)
+  from tqdm.auto import tqdm
+  bar = tqdm(total=steps, initial=first, disable=not progress, desc="train-head joint")
   step = first
   while step < steps:
     d = data[step % len(data)]
