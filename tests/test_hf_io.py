@@ -227,8 +227,8 @@ def test_bf16_default_and_export_roundtrip(tmp_path):
   (src / "modeling_dream.py").write_text("# remote code stand-in\n")
   model, tok = load_hf(src)
   assert model.cfg.dtype == model.cfg.param_dtype == "bfloat16"
-  assert model.layers[0].attn.q_proj.kernel[...].dtype == jnp.bfloat16
-  np.testing.assert_array_equal(np.asarray(model.layers[0].attn.q_proj.kernel[...]),
+  assert model.layers.attn.q_proj.kernel[...][0].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(model.layers.attn.q_proj.kernel[...][0]),
                                 tensors["model.layers.0.self_attn.q_proj.weight"].T)
   assert tok is not None and model.cfg.mask_id == V - 1 and model.cfg.eos_id == V - 3
   out = export_hf(model, tmp_path / "out", tokenizer_dir=src)
@@ -307,8 +307,8 @@ def test_dlm_load_dispatches_on_folder_kind(tmp_path):
   ours, tok_ours = dlm.load(str(tmp_path / "ours"))
   assert from_hf.cfg.max_len == 32 and ours.cfg == from_hf.cfg.replace(max_len=64)
   assert tok_hf.encode("hello world") == tok_ours.encode("hello world")
-  np.testing.assert_array_equal(np.asarray(ours.layers[1].mlp.up_proj.kernel[...]),
-                                np.asarray(from_hf.layers[1].mlp.up_proj.kernel[...]))
+  np.testing.assert_array_equal(np.asarray(ours.layers.mlp.up_proj.kernel[...][1]),
+                                np.asarray(from_hf.layers.mlp.up_proj.kernel[...][1]))
   params.save_model(init_model(tiny_llada()), tmp_path / "bare")  # what `dlm train` writes: no tokenizer
   bare, tok = dlm.load(tmp_path / "bare", dtype="bfloat16")
   assert tok is None and bare.cfg.dtype == "bfloat16"
@@ -440,12 +440,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dlm.io.hf import load_hf
 from dlm.model.transformer import positions_from_valid
 assert jax.device_count() == 2, jax.devices()
-mesh = jax.make_mesh((2,), ("tensor",))
-rule = lambda path, shape: NamedSharding(mesh, P(None, "tensor")) if path.endswith("kernel") else None
+mesh = jax.make_mesh((2,), ("tensor",), axis_types=(jax.sharding.AxisType.Auto,))
+rule = lambda path, shape: (NamedSharding(mesh, P(None, None, "tensor")) if path.startswith("layers.")  # [n, in, out]
+                           and path.endswith("kernel") else NamedSharding(mesh, P("tensor")) if path == "head.kernel"
+                           else None)
 sharded, _ = load_hf(sys.argv[1], dtype="float32", mesh=mesh, shardings=rule)
 plain, _ = load_hf(sys.argv[1], dtype="float32")
-q = sharded.layers[0].attn.q_proj.kernel[...]
-assert q.sharding.spec == P(None, "tensor") and len(q.addressable_shards) == 2, q.sharding
+q = sharded.layers.attn.q_proj.kernel[...]
+assert q.sharding.spec == P(None, None, "tensor") and len(q.addressable_shards) == 2, q.sharding
+assert sharded.head.kernel[...].sharding.spec == P("tensor")  # row bands of a transposed tensor
 assert sharded.final_norm.scale[...].sharding.spec == P(), "unlisted parameters are replicated over the mesh"
 ids = jnp.arange(12, dtype=jnp.int32).reshape(2, 6)
 valid = jnp.ones((2, 6), bool)

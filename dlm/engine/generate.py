@@ -29,6 +29,8 @@ from dlm.engine.state import BlockState, Generation, LoopState, View, as_decisio
 from dlm.kernels.attention import ATTENTION_IMPLS
 from dlm.kernels.head import IMPLEMENTATIONS, LOGITS, HeadBlocks, HeadRequest
 from dlm.model.transformer import Transformer
+from dlm.parallel.mesh import current_mesh
+from dlm.parallel.rules import constrain, kv_heads_split, place_params, replicate, shard_batch, unpad_rows
 from dlm.samplers.base import Sampler
 
 
@@ -47,6 +49,7 @@ class EngineSpec:
   head: str = "chunked"  # decode head implementation (dlm.kernels.head): 'ref', 'chunked' or 'pallas'
   head_blocks: HeadBlocks | None = None  # tile sizes of the fused head (None: its defaults)
   attention: str = "xla"  # attention backend (dlm.kernels.attention)
+  mesh: jax.sharding.Mesh | None = None  # shard the batch / parameters / KV cache over it (dlm/parallel)
 
   @property
   def trace_length(self) -> int:
@@ -132,7 +135,7 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
              block_length: int | None = None, cache: str = "none", window: int = DEFAULT_WINDOW,
              max_nfe: int | None = None, key: jax.Array | None = None, record: bool = False,
              stop_at_eos: bool = False, head: str = "auto", head_blocks: HeadBlocks | None = None,
-             attention: str = "auto", sampler_params=None) -> Generation:
+             attention: str = "auto", sampler_params=None, mesh: jax.sharding.Mesh | None = None) -> Generation:
   """Fill `gen_length` answer slots after each (left-padded) prompt.
 
   prompts: [B, P] int token ids, left-padded; prompt_valid: [B, P] bool (False on padding; default all True).
@@ -148,26 +151,36 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
   attention: the attention backend ('auto' = 'xla'; 'dot_product', 'cudnn', 'splash': dlm.kernels.attention).
   sampler_params: a pytree the sampler reads as `View.params` (learned heads' weights, APD's AR model), passed
     as a traced argument: new weights reuse the compiled program.  None: `sampler.default_params()`.
+  mesh: a device mesh (dlm.parallel.MeshSpec(...).make()) to run over; default the current one
+    (`dlm.parallel.use_mesh`), else one device.  The batch is split over its data x fsdp devices (padded to a
+    multiple with copies of row 0, dropped from the result), parameters placed by dlm/parallel/rules.py;
+    results are the single-device ones (docs/parallel.md).  Under several processes, `prompts` is the global
+    batch (every process passes the same) and the result holds global arrays: `dlm.parallel.to_host` them.
   """
   args, statics = _prepare(model, prompts, prompt_valid, sampler=sampler, gen_length=gen_length,
                            block_length=block_length, cache=cache, window=window, max_nfe=max_nfe, key=key,
                            record=record, stop_at_eos=stop_at_eos, head=head, head_blocks=head_blocks,
-                           attention=attention, sampler_params=sampler_params)
+                           attention=attention, sampler_params=sampler_params, mesh=mesh)
   out, _ = _generate_jit(*args, **statics)
-  return out.replace(prompt_length=args[2].shape[1])
+  out = out.replace(prompt_length=args[2].shape[1])
+  return unpad_rows(out, len(prompts)) if statics["spec"].mesh is not None else out
 
 
 def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_length=None, cache="none",
              window=DEFAULT_WINDOW, max_nfe=None, key=None, record=False, stop_at_eos=False, probe=False,
-             head="auto", head_blocks=None, attention="auto", sampler_params=None):
+             head="auto", head_blocks=None, attention="auto", sampler_params=None, mesh=None):
   """Check the arguments -> (positional args, static kwargs) of `_generate_jit` (also used to time its compile)."""
-  prompts = jnp.asarray(prompts)
+  mesh = current_mesh() if mesh is None else mesh
+  prompts = np.asarray(prompts) if mesh is not None and not isinstance(prompts, jax.Array) else jnp.asarray(prompts)
   if prompt_valid is not None:
-    prompt_valid = jnp.asarray(prompt_valid, bool)
+    prompt_valid = (np.asarray(prompt_valid, bool) if mesh is not None and not isinstance(prompt_valid, jax.Array)
+                    else jnp.asarray(prompt_valid, bool))
   block_length = gen_length if block_length is None else block_length
   _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window, max_nfe)
   if prompt_valid is None:
     prompt_valid = jnp.ones(prompts.shape, bool)
+  if mesh is not None:
+    prompts, prompt_valid = shard_batch(mesh, prompts.astype(np.int32), prompt_valid)
   forwards_per_step = 2 if sampler.cfg_scale > 0 else 1
   budget = sampler.max_nfe(gen_length, block_length) * forwards_per_step if max_nfe is None else max_nfe
   traced = record or (probe and cache != "none")
@@ -177,7 +190,8 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
                                                  window=window)
   spec = EngineSpec(gen_length=gen_length, block_length=block_length, history_length=history_length,
                     cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache != "none",
-                    head=resolve_head(head), head_blocks=head_blocks, attention=resolve_attention(attention))
+                    head=resolve_head(head), head_blocks=head_blocks, attention=resolve_attention(attention),
+                    mesh=mesh)
   key = jax.random.key(0) if key is None else key
   graphdef, state = nnx.split(model)
   # The budget is a traced argument, so sweeping max_nfe reuses one compiled program.
@@ -185,6 +199,9 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
   if sampler_params is None:
     sampler_params = sampler.default_params(gen_length, block_length)
   params = () if sampler_params is None else sampler_params
+  if mesh is not None:
+    state = place_params(model, state, mesh)
+    params, key = replicate(mesh, (params, key))
   args = (graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps, params)
   return args, dict(sampler=sampler, spec=spec)
 
@@ -271,6 +288,8 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params
       block_iterations=jnp.zeros((spec.num_blocks,), jnp.int32), probe=probe0,
       soft_embed=jnp.zeros((b, soft_slots, cfg.d_model), cfg.compute_dtype),
       soft_on=jnp.zeros((b, soft_slots), bool))
+  split_heads = kv_heads_split(cfg, spec.mesh)
+  init = constrain(init, b, spec.mesh, kv_heads_split=split_heads)
 
   def cond(s: LoopState):
     return (s.iteration < max_steps) & ~jnp.all(s.done)
@@ -377,7 +396,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params
     if spec.record:
       row = jnp.minimum(s.iteration, spec.history_length - 1)
       history = jax.lax.dynamic_update_index_in_dim(history, answer, row, 0)
-    return LoopState(
+    return constrain(LoopState(
         tokens=tokens, block=jnp.where(block_complete, s.block + 1, s.block).astype(jnp.int32),
         step=jnp.where(block_complete, 0, s.step + 1).astype(jnp.int32), iteration=s.iteration + 1,
         entry_masked=entry_masked, nfe=s.nfe + charged * forwards_per_step,
@@ -387,7 +406,7 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params
         cached_hidden=hidden if reuse else s.cached_hidden, history=history, key=key, carry=carry, kv=kv,
         tokens_computed=s.tokens_computed + charged * (width * forwards_per_step),
         block_iterations=s.block_iterations.at[s.block].add(1), probe=probe, soft_embed=soft_embed,
-        soft_on=soft_on)
+        soft_on=soft_on), b, spec.mesh, kv_heads_split=split_heads)
 
   final = jax.lax.while_loop(cond, body, init)
   answer = final.tokens[:, p:]

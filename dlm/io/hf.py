@@ -32,7 +32,7 @@ from flax import nnx
 from dlm.io import safetensors_stream as st
 from dlm.io.tokenizer import TOKENIZER_FILES, HFTokenizer
 from dlm.model.config import ModelConfig
-from dlm.model.transformer import Transformer
+from dlm.model.transformer import Transformer, layer_path, per_layer_shapes
 
 LLADA_IDS = {"mask_id": 126_336, "eos_id": 126_081, "eot_id": 126_348}  # <|mdm_mask|>, <|endoftext|>, <|eot_id|>
 DREAM_IDS = {"mask_id": 151_666, "eos_id": 151_643, "eot_id": 151_645}  # <|mask|>, <|endoftext|>, <|im_end|>
@@ -400,24 +400,64 @@ def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   flat = {".".join(map(str, p)): (p, v) for p, v in nnx.to_flat_state(state)}
-  plan = _plan(cfg, tensors, {k: v.get_value().shape for k, (_, v) in flat.items()})
-  if set(flat) != {path for _, path, _ in plan}:
-    raise CheckpointError(f"internal: network parameters {_listing(set(flat) - {p for _, p, _ in plan})} have "
-                          f"no checkpoint tensor")
-  leaves = []
+  plan = _plan(cfg, tensors, per_layer_shapes(abstract))
+  reads: dict[str, list[tuple[int | None, str, bool]]] = {}  # stacked path -> its tensors in layer order
   for hf_name, path, transpose in plan:
+    stacked, layer = layer_path(path)
+    reads.setdefault(stacked, []).append((layer, hf_name, transpose))
+  if set(flat) != set(reads):
+    raise CheckpointError(f"internal: network parameters {_listing(set(flat) - set(reads))} have no checkpoint "
+                          f"tensor")
+  leaves = []
+  for path, parts in reads.items():  # in the file order of each parameter's first tensor
     key, var = flat[path]
     target = np.dtype(var.get_value().dtype)
-    host = st.read_tensor(tensors[hf_name], dtype=target, transpose=transpose)  # [in, out] for Linear kernels
-    sharding = _sharding_for(path, host.shape, mesh, shardings)
-    value = jax.device_put(host, sharding) if sharding is not None else jax.device_put(host)
+    shape = tuple(var.get_value().shape)
+    sharding = _sharding_for(path, shape, mesh, shardings)
+    value = _read_parameter(tensors, sorted(parts, key=lambda t: t[0] or 0), shape, target, sharding)
     value.block_until_ready()
-    del host
     if value.nbytes > st.CHUNK_BYTES:
       gc.collect(0)  # a copying device_put leaves the host buffer in a young reference cycle: free it now
     leaves.append((key, var.replace(value)))
   model = nnx.merge(graphdef, nnx.from_flat_state(leaves))
   return model, HFTokenizer.from_folder(folder)
+
+
+def _read_parameter(tensors, parts, shape, dtype, sharding) -> jax.Array:
+  """One network parameter from its checkpoint tensors: parts = [(layer or None, hf name, transpose)], one per
+  layer of a stacked parameter.  With a sharding, each device's piece is read on its own host and only the
+  stored rows it covers (`jax.make_array_from_callback`), so no host reads a shard it does not hold."""
+  stacked = parts[0][0] is not None
+  if sharding is None:
+    if not stacked:
+      _, hf_name, transpose = parts[0]
+      return jax.device_put(st.read_tensor(tensors[hf_name], dtype=dtype, transpose=transpose))
+    host = st.aligned_empty(shape, dtype)
+    for layer, hf_name, transpose in parts:
+      host[layer] = st.read_tensor(tensors[hf_name], dtype=dtype, transpose=transpose)
+    return jax.device_put(host)
+  cache: dict = {}
+
+  def piece(index: tuple[slice, ...]) -> np.ndarray:
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    layers = range(*index[0].indices(shape[0])) if stacked else [None]
+    inner = index[1:] if stacked else index
+    out = []
+    for layer in layers:
+      _, hf_name, transpose = parts[layer if stacked else 0]
+      inner_shape = shape[1:] if stacked else shape
+      row_axis = len(inner_shape) - 1 if transpose else 0  # the dlm axis that runs along the stored rows
+      r0, r1, _ = inner[row_axis].indices(inner_shape[row_axis]) if inner_shape else (0, 0, 1)
+      k = (hf_name, r0, r1)
+      if k not in cache:
+        cache[k] = st.read_tensor(tensors[hf_name], dtype=dtype, transpose=transpose,
+                                  rows=(r0, r1) if inner_shape else None)
+      block = cache[k]
+      rest = tuple(slice(None) if a == row_axis else s for a, s in enumerate(inner))
+      out.append(block[rest] if inner_shape else block)
+    return np.stack(out) if stacked else out[0]
+
+  return jax.make_array_from_callback(shape, sharding, piece)
 
 
 # -- writing --------------------------------------------------------------------------------------------------------
@@ -465,14 +505,17 @@ def export_hf(model: Transformer, folder: str | os.PathLike, *, tokenizer_dir: s
   out_dtype = np.dtype(cfg.params_dtype if dtype is None else dtype)
   hf_config = config_to_hf(cfg, dtype=np.dtype(out_dtype).name, base=base)
   values = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  shapes = per_layer_shapes(model)
   st_dtype = st.dtype_name(out_dtype)
   entries = []
   for hf_name, (path, transpose) in weight_names(cfg).items():
-    shape = tuple(values[path].get_value().shape)
+    shape = shapes[path]
     shape = shape[::-1] if transpose else shape
 
     def produce(path=path, transpose=transpose):
-      host = np.asarray(jax.device_get(values[path].get_value())).astype(out_dtype)
+      stacked, layer = layer_path(path)
+      value = values[stacked].get_value()
+      host = np.asarray(jax.device_get(value if layer is None else value[layer])).astype(out_dtype)
       return host.T if transpose else host
 
     entries.append((hf_name, st_dtype, shape, produce))

@@ -17,12 +17,14 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from dlm.model.config import ModelConfig
-from dlm.model.transformer import Transformer
+from dlm.model.transformer import Transformer, layer_path, per_layer_names, per_layer_shapes
 
 
 def _flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
+  """Parameter name -> host array; a Transformer's stacked layers under their per-layer names (`layers.0.…`)."""
   flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-  return {".".join(map(str, path)): np.asarray(jax.device_get(var.get_value())) for path, var in flat}
+  out = {".".join(map(str, path)): np.asarray(jax.device_get(var.get_value())) for path, var in flat}
+  return per_layer_names(out, model.cfg.n_layers) if isinstance(model, Transformer) else out
 
 
 def atomic_write(path: Path, write_fn) -> None:
@@ -66,20 +68,28 @@ def load_params(make, path: str | os.PathLike):
   if not path.is_file():
     raise FileNotFoundError(f"{path} is missing; expected a file written by dlm.io.save_params")
   tensors = load_file(str(path))
-  graphdef, state = nnx.split(nnx.eval_shape(make))
+  abstract = nnx.eval_shape(make)
+  graphdef, state = nnx.split(abstract)
   flat = nnx.to_flat_state(state)
-  expected = {".".join(map(str, p)): v for p, v in flat}
+  # A Transformer's layers are stored per layer (`layers.{i}.x`) and stacked here.
+  expected = per_layer_shapes(abstract) if isinstance(abstract, Transformer) else {
+      ".".join(map(str, p)): tuple(v.get_value().shape) for p, v in flat}
   missing = sorted(set(expected) - set(tensors))
   unexpected = sorted(set(tensors) - set(expected))
   if missing or unexpected:
     raise ValueError(f"parameter mismatch in {path}: missing={missing} unexpected={unexpected}")
-  leaves = []
-  for path_, var in flat:
-    key = ".".join(map(str, path_))
-    arr = tensors[key]
-    if arr.shape != tuple(var.get_value().shape):
-      raise ValueError(f"{key}: checkpoint shape {arr.shape} != model shape {tuple(var.get_value().shape)}")
-    leaves.append((path_, var.replace(jax.numpy.asarray(arr, dtype=var.get_value().dtype))))
+  for key, shape in expected.items():
+    if tensors[key].shape != tuple(shape):
+      raise ValueError(f"{key}: checkpoint shape {tensors[key].shape} != model shape {tuple(shape)}")
+  if isinstance(abstract, Transformer):
+    grouped: dict[str, list] = {}
+    for key in sorted(tensors, key=lambda k: layer_path(k)[1] or 0):
+      stacked, layer = layer_path(key)
+      if layer is not None:
+        grouped.setdefault(stacked, []).append(tensors.pop(key))
+    tensors.update({k: np.stack(v) for k, v in grouped.items()})
+  leaves = [(p, v.replace(jax.numpy.asarray(tensors[".".join(map(str, p))], dtype=v.get_value().dtype)))
+            for p, v in flat]
   return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 

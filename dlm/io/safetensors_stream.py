@@ -116,9 +116,17 @@ def _readinto(fh, buf: np.ndarray, offset: int, info: TensorInfo) -> None:
 
 
 def read_tensor(info: TensorInfo, *, dtype=None, transpose: bool = False,
-                chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+                chunk_bytes: int = CHUNK_BYTES, rows: tuple[int, int] | None = None) -> np.ndarray:
   """Read one tensor, cast to `dtype` and (for 2-D tensors) transposed, holding at most one output buffer and
-  one chunk of `chunk_bytes` of raw data in memory."""
+  one chunk of `chunk_bytes` of raw data in memory.  rows=(r0, r1): only the stored rows [r0, r1) (contiguous
+  bytes; a host that holds one shard of a sharded parameter reads just that band)."""
+  if rows is not None:
+    r0, r1 = rows
+    if not (info.shape and 0 <= r0 <= r1 <= info.shape[0]):
+      raise ValueError(f"{info.name}: {rows=} outside its {info.shape[0] if info.shape else 0} rows")
+    row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+    info = dataclasses.replace(info, shape=(r1 - r0, *info.shape[1:]), start=info.start + r0 * row_bytes,
+                               end=info.start + r1 * row_bytes)
   src_dtype = info.np_dtype
   dtype = src_dtype if dtype is None else np.dtype(dtype)
   if not info.shape:  # a scalar reads as one row

@@ -17,6 +17,8 @@ Contract (DESIGN.md §2):
 
 from __future__ import annotations
 
+import re
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,46 @@ class KVCache:
 
   keys: jax.Array
   values: jax.Array
+
+
+STACKED = "layers"  # the Transformer attribute whose parameters carry a leading [n_layers] axis
+
+
+def stack_blocks(blocks: list[nnx.Module]) -> nnx.Module:
+  """Modules of one graph (the network's layers) -> one module of that graph whose every array has a leading
+  [n_layers] axis, so the forward pass runs them with one `lax.scan` (compile time independent of depth).
+  Built from per-layer modules so that initialisation draws exactly what an unstacked network would."""
+  graphdef = nnx.graphdef(blocks[0])
+  states = [nnx.state(b) for b in blocks]
+  return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+
+
+def per_layer_names(flat: dict, n_layers: int) -> dict:
+  """{'layers.attn.q_proj.kernel': [n, ...]} -> {'layers.0.attn.q_proj.kernel': [...], ...}: the per-layer
+  names of the bundled-model format (and of every checkpoint written before the layers were stacked)."""
+  out = {}
+  for name, value in flat.items():
+    if name.startswith(STACKED + "."):
+      rest = name[len(STACKED) + 1:]
+      for i in range(n_layers):
+        out[f"{STACKED}.{i}.{rest}"] = value[i]
+    else:
+      out[name] = value
+  return out
+
+
+def per_layer_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+  """Parameter name -> shape, under the per-layer names checkpoints use (`layers.{i}.attn.q_proj.kernel`)."""
+  flat = {".".join(map(str, p)): tuple(v.get_value().shape)
+          for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  n = model.cfg.n_layers
+  return per_layer_names({k: [s[1:]] * n if k.startswith(STACKED + ".") else s for k, s in flat.items()}, n)
+
+
+def layer_path(name: str) -> tuple[str, int | None]:
+  """A per-layer parameter name -> (stacked parameter path, layer index); other names -> (name, None)."""
+  m = re.match(rf"^{STACKED}\.(\d+)\.(.+)$", name)
+  return (f"{STACKED}.{m.group(2)}", int(m.group(1))) if m else (name, None)
 
 
 def positions_from_valid(valid: jax.Array) -> jax.Array:
@@ -134,7 +176,10 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                            embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    # One Block whose parameters are stacked on a leading [n_layers] axis (see `stack_blocks`); the
+    # per-layer names of checkpoints map onto it through `layer_path` / `per_layer_names`.
+    self.layers = stack_blocks([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.scan_layers = True  # static: False runs the same stacked layers as an unrolled Python loop (reference)
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
     if not cfg.tie_embeddings:
       self.head = _linear(cfg.d_model, cfg.vocab_size, False, cfg, rngs)
@@ -142,8 +187,7 @@ class Transformer(nnx.Module):
   def set_attention(self, impl: str) -> "Transformer":
     """Choose the attention backend of every layer (dlm.kernels.attention.ATTENTION_IMPLS); returns self."""
     check_attention(impl)
-    for layer in self.layers:
-      layer.attn.impl = impl
+    self.layers.attn.impl = impl
     return self
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
@@ -176,14 +220,28 @@ class Transformer(nnx.Module):
       raise ValueError("window_start is required when a cache is given")
     if valid.shape[-1] > cfg.max_len:
       raise ValueError(f"sequence length {valid.shape[-1]} exceeds the model's {cfg.max_len=}")
-    new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
-      layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-      x, (k, v) = layer(x, positions, valid, layer_cache, window_start)
-      new_k.append(k)
-      new_v.append(v)
+    graphdef, stacked = nnx.split(self.layers)  # arrays [n_layers, ...]
+
+    def run_layer(x, layer_state, layer_cache):
+      return nnx.merge(graphdef, layer_state)(x, positions, valid, layer_cache, window_start)
+
+    caches = () if cache is None else (cache.keys, cache.values)  # [n_layers, B, L, Hkv, Dh] each
+    if self.scan_layers:
+      def body(x, xs):
+        layer_state, *layer_cache = xs
+        return run_layer(x, layer_state, tuple(layer_cache) or None)
+
+      x, (keys, values) = jax.lax.scan(body, x, (stacked, *caches))
+    else:
+      new_k, new_v = [], []
+      for i in range(cfg.n_layers):
+        layer_state = jax.tree.map(lambda a: a[i], stacked)
+        x, (k, v) = run_layer(x, layer_state, tuple(c[i] for c in caches) or None)
+        new_k.append(k)
+        new_v.append(v)
+      keys, values = jnp.stack(new_k), jnp.stack(new_v)
     hidden = self.final_norm(x)
-    return hidden, KVCache(keys=jnp.stack(new_k), values=jnp.stack(new_v))
+    return hidden, KVCache(keys=keys, values=values)
 
   def head_weight(self) -> tuple[jax.Array, int]:
     """The vocabulary head's matrix and its vocabulary axis: ([D, V], 1) for a Linear head, ([V, D], 0) tied.

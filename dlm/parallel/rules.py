@@ -1,0 +1,238 @@
+"""Named sharding rules: every network parameter, the KV cache, the canvas and the loop state over a mesh.
+
+Parameters (per-layer shapes; a stacked layer parameter gets a replicated leading [n_layers] axis):
+
+    embed.embedding        [V, D]        (tensor, fsdp)    vocabulary-parallel table
+    head.kernel            [D, V]        (fsdp, tensor)    vocabulary-parallel head
+    attn.{q,k,v}_proj      [D, H*Dh]     (fsdp, tensor)    column-parallel: heads split over tensor
+    attn.{q,k,v}_proj.bias [H*Dh]        (tensor,)
+    attn.o_proj            [H*Dh, D]     (tensor, fsdp)    row-parallel
+    mlp.{gate,up}_proj     [D, F]        (fsdp, tensor)    column-parallel: hidden units split over tensor
+    mlp.down_proj          [F, D]        (tensor, fsdp)    row-parallel
+    *_norm.scale           [D]           replicated        (D floats: gathering them costs more than it saves)
+
+k/v projections (and the KV cache's head axis) are split over `tensor` only when the key/value heads divide
+evenly (GQA with fewer KV heads than `tensor`, e.g. Dream's 4 at tensor=8, keeps them replicated over `tensor`,
+as Megatron does); every other split must divide its dimension, or `param_shardings` says which does not.
+
+Arrays of the generation loop: the batch axis over (data, fsdp), everything else replicated; the KV cache
+[n_layers, B, L, Hkv, Dh] also over tensor on its head axis.  `unruled_parameters` lists any parameter no rule
+covers; `param_shardings` refuses to place a network that has one, so nothing is replicated by accident.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dlm.model.transformer import STACKED, Transformer
+from dlm.parallel.mesh import BATCH_AXES, batch_split
+
+REPLICATED = "replicated"
+_RULES: tuple[tuple[str, tuple | str], ...] = (
+    (r"embed\.embedding", ("tensor", "fsdp")),
+    (r"head\.kernel", ("fsdp", "tensor")),
+    (r"attn\.(q|k|v)_proj\.kernel", ("fsdp", "tensor")),
+    (r"attn\.(q|k|v)_proj\.bias", ("tensor",)),
+    (r"attn\.o_proj\.kernel", ("tensor", "fsdp")),
+    (r"mlp\.(gate|up)_proj\.kernel", ("fsdp", "tensor")),
+    (r"mlp\.down_proj\.kernel", ("tensor", "fsdp")),
+    (r"(attn_norm|mlp_norm|final_norm)\.scale", REPLICATED),
+)
+
+
+def _present(mesh: Mesh, axis):
+  """An axis name, or None where the mesh has no such axis (or it has size 1: nothing to split)."""
+  return axis if axis in mesh.axis_names and mesh.shape[axis] > 1 else None
+
+
+def _kv_split(cfg, mesh: Mesh) -> bool:
+  return "tensor" in mesh.axis_names and cfg.num_kv_heads % mesh.shape["tensor"] == 0
+
+
+def rule_for(path: str):
+  """The per-layer partition of a parameter path (stacked prefix removed), or None if no rule covers it."""
+  inner = path[len(STACKED) + 1:] if path.startswith(STACKED + ".") else path
+  for pattern, spec in _RULES:
+    if re.fullmatch(pattern, inner):
+      return spec
+  return None
+
+
+def _flat_params(model: Transformer) -> dict[str, jax.Array]:
+  return {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def unruled_parameters(model: Transformer) -> list[str]:
+  """Parameter paths no rule covers (each would be silently replicated): [] for a dlm network."""
+  return sorted(path for path in _flat_params(model) if rule_for(path) is None)
+
+
+def param_spec(path: str, shape: tuple[int, ...], cfg, mesh: Mesh) -> P:
+  """The PartitionSpec of one parameter on `mesh` (ValueError where no rule covers it or a split is uneven)."""
+  spec = rule_for(path)
+  if spec is None:
+    raise ValueError(f"parameter {path} has no sharding rule (dlm/parallel/rules.py); add one")
+  stacked = path.startswith(STACKED + ".")
+  inner_shape = shape[1:] if stacked else shape
+  axes = (None,) * len(inner_shape) if spec == REPLICATED else tuple(_present(mesh, a) for a in spec)
+  if re.search(r"attn\.(k|v)_proj", path) and not _kv_split(cfg, mesh):
+    axes = tuple(None if a == "tensor" else a for a in axes)
+  for dim, (size, axis) in enumerate(zip(inner_shape, axes)):
+    if axis is not None and size % mesh.shape[axis]:
+      raise ValueError(f"mesh axis {axis}={mesh.shape[axis]} does not divide dimension {dim} (size {size}) of "
+                       f"parameter {path} {tuple(shape)}; choose a {axis} size that divides {size}")
+  return P(*(((None,) if stacked else ()) + axes))
+
+
+def param_shardings(model: Transformer, mesh: Mesh) -> dict[str, NamedSharding]:
+  """{parameter path: NamedSharding} for every parameter; refuses a network with an unruled parameter."""
+  missing = unruled_parameters(model)
+  if missing:
+    raise ValueError(f"parameters without a sharding rule (dlm/parallel/rules.py): {missing}")
+  return {path: NamedSharding(mesh, param_spec(path, tuple(value.shape), model.cfg, mesh))
+          for path, value in _flat_params(model).items()}
+
+
+def loading_rule(mesh: Mesh, cfg):
+  """A `load_hf(..., shardings=)` function placing each parameter by these rules as it is read."""
+  return lambda path, shape: NamedSharding(mesh, param_spec(path, tuple(shape), cfg, mesh))
+
+
+def shard_model(model: Transformer, mesh: Mesh) -> Transformer:
+  """Move a network's parameters onto `mesh` by the rules (in place; returns the model)."""
+  shardings = param_shardings(model, mesh)
+  state = nnx.state(model, nnx.Param)
+  flat = nnx.to_flat_state(state)
+  placed = [(p, v.replace(jax.device_put(v.get_value(), shardings[".".join(map(str, p))]))) for p, v in flat]
+  nnx.update(model, nnx.from_flat_state(placed))
+  return model
+
+
+def batch_spec(ndim: int, batch_axis: int = 0) -> P:
+  axes = [None] * ndim
+  axes[batch_axis] = BATCH_AXES
+  return P(*axes)
+
+
+def state_shardings(tree, batch: int, mesh: Mesh, *, kv_heads_split: bool = False):
+  """Shardings for a loop-state pytree: an array whose leading axis is the batch is split over (data, fsdp);
+  the KV cache [n_layers, B, L, Hkv, Dh] (5-D with the batch second) also over tensor on its heads; the rest
+  (scalars, per-block counters, the key) replicated."""
+  def one(x):
+    shape = getattr(x, "shape", ())
+    if len(shape) == 5 and shape[1] == batch:  # KV cache
+      return NamedSharding(mesh, P(None, BATCH_AXES, None, "tensor" if kv_heads_split else None, None))
+    if len(shape) >= 1 and shape[0] == batch:
+      return NamedSharding(mesh, batch_spec(len(shape)))
+    if len(shape) >= 2 and shape[1] == batch:  # the recorded history [T, B, G]
+      return NamedSharding(mesh, batch_spec(len(shape), 1))
+    return NamedSharding(mesh, P())
+  return jax.tree.map(one, tree)
+
+
+def constrain(tree, batch: int, mesh: Mesh | None, *, kv_heads_split: bool = False):
+  """with_sharding_constraint of every array in `tree` by `state_shardings` (identity without a mesh)."""
+  if mesh is None:
+    return tree
+  shardings = state_shardings(tree, batch, mesh, kv_heads_split=kv_heads_split)
+  return jax.tree.map(jax.lax.with_sharding_constraint, tree, shardings)
+
+
+def kv_heads_split(cfg, mesh: Mesh | None) -> bool:
+  return mesh is not None and _kv_split(cfg, mesh) and mesh.shape["tensor"] > 1
+
+
+def parameter_bytes(model: Transformer) -> dict:
+  """Total parameter bytes and the bytes each device holds, read from the arrays' shardings."""
+  total, per_device = 0, {}
+  for value in _flat_params(model).values():
+    total += value.nbytes
+    for shard in value.addressable_shards:
+      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+  return dict(total=total, per_device=per_device)
+
+
+# -- placing the engine's inputs ---------------------------------------------------------------------------------
+
+
+def _batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  return NamedSharding(mesh, batch_spec(ndim))
+
+
+def shard_batch(mesh: Mesh, prompts, prompt_valid):
+  """Prompts [B, P] and their mask onto the mesh, the batch split over (data, fsdp).  Host arrays (the same
+  global batch on every process) are padded to a multiple of data x fsdp with copies of row 0; a global
+  jax.Array (`global_batch`) is taken as it is."""
+  if isinstance(prompts, jax.Array) and not prompts.is_fully_addressable:
+    return prompts, prompt_valid
+  prompts, valid = np.asarray(prompts), np.asarray(prompt_valid, bool)
+  split = batch_split(mesh)
+  pad = -len(prompts) % split
+  if pad:
+    prompts = np.concatenate([prompts, np.repeat(prompts[:1], pad, 0)])
+    valid = np.concatenate([valid, np.repeat(valid[:1], pad, 0)])
+  sharding = _batch_sharding(mesh, 2)
+  place = lambda a: jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])  # noqa: E731
+  return place(prompts), place(valid)
+
+
+def global_batch(mesh: Mesh, local_prompts, local_valid=None, global_rows: int | None = None):
+  """Each process's own rows [B_local, P] -> the global [B, P] batch on the mesh (no process holds the rest).
+  The rows of process k are the batch slice its devices hold (processes take consecutive slices)."""
+  local_prompts = np.asarray(local_prompts, np.int32)
+  local_valid = np.ones(local_prompts.shape, bool) if local_valid is None else np.asarray(local_valid, bool)
+  sharding = _batch_sharding(mesh, 2)
+  shape = None if global_rows is None else (global_rows, local_prompts.shape[1])
+  return (jax.make_array_from_process_local_data(sharding, local_prompts, shape),
+          jax.make_array_from_process_local_data(sharding, local_valid, shape))
+
+
+def place_params(model: Transformer, state, mesh: Mesh):
+  """The network's nnx state with every parameter on its rule's sharding (a no-op for arrays already there)."""
+  shardings = param_shardings(model, mesh)
+
+  def one(path, var):
+    value = var.get_value()
+    target = shardings.get(".".join(map(str, path)))
+    if target is None or (isinstance(value, jax.Array) and value.sharding.is_equivalent_to(target, value.ndim)):
+      return var
+    return var.replace(jax.device_put(value, target))
+
+  return nnx.from_flat_state([(p, one(p, v)) for p, v in nnx.to_flat_state(state)])
+
+
+def replicate(mesh: Mesh, tree):
+  """Copies of every array of `tree` on every device of the mesh (sampler weights, the key)."""
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.device_put(x, sharding) if isinstance(x, (jax.Array, np.ndarray)) else x, tree)
+
+
+def unpad_rows(out, rows: int):
+  """Drop the padding rows `shard_batch` added: every per-row array of a Generation back to `rows` rows."""
+  b = out.tokens.shape[0]
+  if b == rows:
+    return out
+  cut = lambda x, axis=0: jax.lax.slice_in_dim(x, 0, rows, axis=axis)  # noqa: E731
+  return out.replace(
+      tokens=cut(out.tokens), nfe=cut(out.nfe), steps=cut(out.steps), finished=cut(out.finished),
+      gen_tokens=cut(out.gen_tokens), commit_step=cut(out.commit_step),
+      remasked=None if out.remasked is None else cut(out.remasked),
+      history=None if out.history is None else cut(out.history, 1),
+      tokens_computed=None if out.tokens_computed is None else cut(out.tokens_computed),
+      extras=jax.tree.map(lambda x: cut(x) if getattr(x, "ndim", 0) and x.shape[0] == b else x, out.extras))
+
+
+def to_host(tree):
+  """Every array of `tree` as numpy on this process; arrays spread over processes are all-gathered first."""
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x) if isinstance(x, jax.Array) else x
+  return jax.tree.map(one, tree)
