@@ -16,12 +16,21 @@ def load(path_or_hub_id: str | os.PathLike, **kwargs):
 
   - a folder written by `dlm.io.save_model` (params.safetensors + config.json, e.g. `dlm train` output or
     `dlm convert` of a Hugging Face folder): `dlm.io.load_model(folder, **kwargs)` (kwargs: dtype);
+  - a sharded checkpoint written by `dlm.parallel.save_sharded` / `dlm convert --sharded` (orbax; kwargs: dtype,
+    mesh: restored straight onto the mesh, whatever mesh it was saved from);
   - otherwise a LLaDA or Dream Hugging Face folder or a hub id in the local HF cache:
     `dlm.io.load_hf(path_or_hub_id, **kwargs)` (kwargs: dtype, param_dtype, mesh, shardings, max_len).
+
+  mesh=: every kind places its weights on that device mesh by dlm's sharding rules (dlm/parallel/rules.py).
 
   The tokenizer is the folder's tokenizer.json (with its chat template) when it has one, else None.
   """
   folder = Path(path_or_hub_id)
+  from dlm.parallel.checkpoint import is_sharded_checkpoint
+  if is_sharded_checkpoint(folder):
+    from dlm.io.tokenizer import HFTokenizer
+    from dlm.parallel.checkpoint import load_sharded
+    return load_sharded(folder, **kwargs), HFTokenizer.from_folder(folder)
   if (folder / "params.safetensors").is_file() and (folder / "config.json").is_file():
     from dlm.io.params import load_model
     from dlm.io.tokenizer import HFTokenizer

@@ -8,6 +8,7 @@ printed as one line.  `--debug` (or DLM_DEBUG=1) shows the full traceback instea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -118,8 +119,10 @@ def _parse_value(text: str):
 
 
 def _load_model(path: str | None, dtype: str | None, *, with_tokenizer: bool = False, default: str = "bundled"):
-  """-> (model, name) or, with_tokenizer, (model, name, HF tokenizer or None for the character tokenizer)."""
+  """-> (model, name) or, with_tokenizer, (model, name, HF tokenizer or None for the character tokenizer).
+  Under `--mesh` the weights go straight onto the mesh (dlm/parallel/rules.py)."""
   from dlm.io.params import load_model
+  from dlm.parallel.mesh import current_mesh
   path = default if path is None else path
   if path in BUNDLED_MODELS:
     folder = BUNDLED_MODELS[path]
@@ -127,10 +130,10 @@ def _load_model(path: str | None, dtype: str | None, *, with_tokenizer: bool = F
       recipe = "bundled.yaml" if path == "bundled" else "testbed.yaml"
       raise FileNotFoundError(f"the {path} model is missing from {folder}; train it with `dlm train --config "
                               f"configs/{recipe}` or pass --model")
-    model, name, tokenizer = load_model(folder, dtype=dtype), path, None
+    model, name, tokenizer = load_model(folder, dtype=dtype, mesh=current_mesh()), path, None
   else:
     import dlm
-    model, tokenizer = dlm.load(path, **({} if dtype is None else {"dtype": dtype}))
+    model, tokenizer = dlm.load(path, mesh=current_mesh(), **({} if dtype is None else {"dtype": dtype}))
     name = path
   return (model, name, tokenizer) if with_tokenizer else (model, name)
 
@@ -234,9 +237,13 @@ def cmd_compare(args):
   model, name = _load_model(args.model, args.dtype, default=DEFAULT_COMPARE_MODEL)
   if args.head:
     _check_head(args.head, name)
+  import jax
+  primary = jax.process_index() == 0  # several processes (--distributed): each runs the grid, one writes
   records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
                     block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
-                    model_name=name, cells_dir=Path(args.out) / "cells" if args.out else None)
+                    model_name=name, cells_dir=Path(args.out) / "cells" if args.out and primary else None)
+  if not primary:
+    return
   _print_records(records)
   if args.out:
     write_results(records, args.out)
@@ -340,7 +347,7 @@ def cmd_sample(args):
       raise ValueError("--task needs the character-level task model (the bundled one), not a Hugging Face model")
     task = get_task(args.task)
     exs = task.examples(args.n, seed=args.seed)
-    prompts, valid, _ = task.encode(exs)
+    prompts, valid = _task_prompts(task, exs)
     gen_length = args.gen_length or task.gen_length
     texts = [e.prompt for e in exs]
   else:
@@ -355,12 +362,17 @@ def cmd_sample(args):
     prompts, valid = np.asarray([ids], np.int32), np.ones((1, len(ids)), bool)
     gen_length = args.gen_length or 16
     texts = [args.prompt]
-  if int(np.max(prompts)) >= model.cfg.vocab_size:
-    raise ValueError(f"the prompt uses token id {int(np.max(prompts))} but the model's vocabulary has "
+  if isinstance(prompts, np.ndarray) and int(prompts.max()) >= model.cfg.vocab_size:
+    raise ValueError(f"the prompt uses token id {int(prompts.max())} but the model's vocabulary has "
                      f"{model.cfg.vocab_size} entries (the testbed tasks and characters need --model testbed)")
   block = args.block_length or (task.block_length if task is not None else None) or gen_length
+  from dlm.parallel.distributed import fault_point
+  fault_point("generate")
   out = generate(model, prompts, valid, sampler=sampler, gen_length=gen_length, block_length=block,
                  key=jax.random.key(args.seed), stop_at_eos=args.stop_at_eos)
+  from dlm.parallel.rules import to_host
+  out = to_host(out)  # rows of every process, on every process
+  records = []
   for i, text in enumerate(texts):
     answer = np.asarray(out.answers[i])
     if hf_tokenizer is None:
@@ -368,10 +380,36 @@ def cmd_sample(args):
     else:
       end = int(out.gen_tokens[i])
       completion = hf_tokenizer.decode(answer[:end], skip_special_tokens=True)
+    record = dict(prompt=text, completion=completion, nfe=int(out.nfe[i]), tokens=answer.tolist())
     line = f"{text:<24} -> {completion:<20} nfe={int(out.nfe[i])}"
     if task is not None:
-      line += f" score={task.score_one(exs[i].prompt, completion):.3f}"
-    print(line)
+      record["score"] = task.score_one(exs[i].prompt, completion)
+      line += f" score={record['score']:.3f}"
+    records.append(record)
+    if jax.process_index() == 0:
+      print(line)
+  if args.out and jax.process_index() == 0:  # one writer, and only once the whole run succeeded
+    from dlm.io.params import atomic_write
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(text))
+
+
+def _task_prompts(task, exs):
+  """A task's prompts [N, P] and mask: as host arrays on one process; under a mesh spanning processes, the global
+  batch (padded to a multiple of data x fsdp) of which this process encodes only the rows its devices hold."""
+  import jax
+  import numpy as np
+  from dlm.parallel.mesh import batch_split, current_mesh
+  mesh = current_mesh()
+  if mesh is None or jax.process_count() == 1:
+    prompts, valid, _ = task.encode(exs)
+    return prompts, valid
+  from dlm.parallel.distributed import local_rows
+  from dlm.parallel.rules import global_batch
+  rows = -(-len(exs) // batch_split(mesh)) * batch_split(mesh)
+  mine = local_rows(mesh, rows)
+  prompts, valid, _ = task.encode([exs[min(i, len(exs) - 1)] for i in mine])  # padding rows repeat the last
+  return global_batch(mesh, prompts, valid, global_rows=rows)
 
 
 RANDOM_MODEL = dict(vocab_size=126464, d_model=256, n_layers=2, n_heads=4, mlp_hidden=512, max_len=1024,
@@ -440,6 +478,29 @@ def cmd_bench(args):
   print(json.dumps(result, indent=1, default=str))
 
 
+def mesh_spec(text: str):
+  from dlm.parallel.mesh import MeshSpec
+  try:
+    return MeshSpec.parse(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e).removeprefix(f"--mesh {text!r}: ")) from None
+
+
+@contextlib.contextmanager
+def _scaled_run(args):
+  """Start jax.distributed when asked and make --mesh the current mesh for the command."""
+  from dlm.parallel import distributed
+  from dlm.parallel.mesh import MeshSpec, use_mesh
+  settings = distributed.settings_from(args) if hasattr(args, "mesh") else None
+  distributed.initialize(settings)
+  spec = getattr(args, "mesh", None)
+  if spec is None and settings is not None:
+    import jax
+    spec = MeshSpec(data=jax.device_count())  # several processes and no --mesh: split the batch over all
+  with use_mesh(None if spec is None else spec.make()):
+    yield
+
+
 def main(argv=None):
   from dlm.engine.cache import CACHE_POLICIES
   from dlm.engine.generate import ATTENTION_CHOICES, HEAD_CHOICES
@@ -457,6 +518,12 @@ def main(argv=None):
                    "testbed for compare and the testbed tasks, bundled otherwise)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--seed", type=nonnegative_int, default=0)
+
+  def scaled(p):
+    from dlm.parallel import distributed
+    p.add_argument("--mesh", default=None, type=mesh_spec,
+                   help="device mesh, e.g. data=8 or data=2,tensor=4 (axes data, fsdp, tensor; docs/parallel.md)")
+    distributed.add_arguments(p)
 
   p = sub.add_parser("train", help="train a base model on the built-in task mixture")
   p.add_argument("--config", default=None, type=existing_file, help="recipe YAML (default: the bundled recipe)")
@@ -481,6 +548,7 @@ def main(argv=None):
   p.add_argument("--out", default=None, help="folder for results.json and frontier.png")
   p.add_argument("--head", default=None, type=existing_dir,
                  help="a trained head folder for the samplers that read one (learn2pd, adjust)")
+  scaled(p)
   p.set_defaults(fn=cmd_compare)
 
   p = sub.add_parser("collect", help="record a head's training data into a zarr3 store (--kind egp: Learn2PD's "
@@ -562,6 +630,8 @@ def main(argv=None):
   p.add_argument("--block-length", type=positive_int, default=None)
   p.add_argument("--stop-at-eos", action="store_true")
   p.add_argument("--head", default=None, type=existing_dir, help="a trained head folder (learn2pd, adjust)")
+  p.add_argument("--out", default=None, help="also write the completions as JSONL (process 0, atomically)")
+  scaled(p)
   p.set_defaults(fn=cmd_sample)
 
   p = sub.add_parser("bench", help="compile time, wall time, NFE, TPS and overhead ratios as JSON")
@@ -584,7 +654,15 @@ def main(argv=None):
   p.add_argument("--random-model", nargs="*", default=None, metavar="KEY=VALUE",
                  help="a random network with LLaDA-8B's vocabulary at small depth instead of --model; "
                       "KEY=VALUE overrides its ModelConfig")
+  scaled(p)
   p.set_defaults(fn=cmd_bench)
+
+  p = sub.add_parser("launch", help="run a dlm command as N local processes joined by jax.distributed "
+                     "(multi-host on one machine; stops all if one fails)")
+  from dlm.parallel import launch
+  launch.add_arguments(p)
+  p.set_defaults(fn=lambda a: sys.exit(launch.launch(a.argv, processes=a.processes,
+                                                     devices_per_process=a.devices_per_process, port=a.port)))
 
   p = sub.add_parser("convert", help="convert between Hugging Face folders and dlm's format")
   from dlm.io import convert
@@ -597,7 +675,8 @@ def main(argv=None):
     return e.code if isinstance(e.code, int) else 2
   debug = args.debug or os.environ.get("DLM_DEBUG", "") not in ("", "0")
   try:
-    args.fn(args)
+    with _scaled_run(args):
+      args.fn(args)
   except KeyboardInterrupt:
     raise
   except Exception as e:  # library errors: one line, the traceback only with --debug

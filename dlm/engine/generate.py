@@ -30,7 +30,8 @@ from dlm.kernels.attention import ATTENTION_IMPLS
 from dlm.kernels.head import IMPLEMENTATIONS, LOGITS, HeadBlocks, HeadRequest
 from dlm.model.transformer import Transformer
 from dlm.parallel.mesh import current_mesh
-from dlm.parallel.rules import constrain, kv_heads_split, place_params, replicate, shard_batch, unpad_rows
+from dlm.parallel.rules import (constrain, kv_heads_split, place_params, replicate, shard_batch, to_host,
+                                unpad_rows)
 from dlm.samplers.base import Sampler
 
 
@@ -163,7 +164,12 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
                            attention=attention, sampler_params=sampler_params, mesh=mesh)
   out, _ = _generate_jit(*args, **statics)
   out = out.replace(prompt_length=args[2].shape[1])
-  return unpad_rows(out, len(prompts)) if statics["spec"].mesh is not None else out
+  if statics["spec"].mesh is None:
+    return out
+  out = unpad_rows(out, len(prompts))
+  if jax.process_count() > 1 and not (isinstance(prompts, jax.Array) and not prompts.is_fully_addressable):
+    out = to_host(out)  # host prompts (the same on every process) get host results, every row on every process
+  return out
 
 
 def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_length=None, cache="none",

@@ -2,6 +2,7 @@
 
     dlm convert GSAI-ML/LLaDA-8B-Instruct out/llada --dtype bfloat16     # HF folder (or cached hub id) -> dlm
     dlm convert out/llada out/llada-hf --to-hf                            # dlm -> HF layout
+    dlm convert GSAI-ML/LLaDA-8B-Instruct out/llada-ckpt --sharded        # -> orbax sharded checkpoint
 
 The output folder is written to a temporary sibling and renamed into place when complete, so a failed
 conversion (corrupt input, wrong config, full disk) leaves no partial output.
@@ -29,15 +30,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="with --to-hf: folder whose tokenizer files / modelling code to copy (default: SRC)")
   parser.add_argument("--max-shard-gb", type=float, default=5.0, help="with --to-hf: shard size limit")
   parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+  parser.add_argument("--sharded", action="store_true",
+                      help="write an orbax sharded checkpoint (dlm.parallel.checkpoint), restorable onto any mesh "
+                      "with dlm.load(OUT, mesh=...) or --mesh")
 
 
-def _to_dlm(src: str, out: Path, dtype: str, overwrite: bool) -> None:
-  model, _ = hf.load_hf(src, dtype=dtype, param_dtype=dtype)
-  folder = hf.resolve_model_path(src)
+def _to_dlm(src: str, out: Path, dtype: str, overwrite: bool, sharded: bool = False) -> None:
+  if (Path(src) / "params.safetensors").is_file():  # a dlm folder (e.g. to make it a sharded checkpoint)
+    model, folder = params.load_model(src, dtype=dtype), Path(src)
+  else:
+    model, _ = hf.load_hf(src, dtype=dtype, param_dtype=dtype)
+    folder = hf.resolve_model_path(src)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
   try:
-    params.save_model(model, tmp)
+    if sharded:
+      from dlm.parallel.checkpoint import save_sharded
+      save_sharded(model, tmp, overwrite=True)
+    else:
+      params.save_model(model, tmp)
     for name in TOKENIZER_FILES:  # keep the tokenizer beside the parameters
       if (folder / name).is_file():
         shutil.copy2(folder / name, tmp / name)
@@ -57,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     hf.export_hf(model, out, tokenizer_dir=tok_dir, dtype=args.dtype,
                  max_shard_bytes=int(args.max_shard_gb * 1024**3), overwrite=args.overwrite)
   else:
-    _to_dlm(args.src, out, args.dtype, args.overwrite)
+    _to_dlm(args.src, out, args.dtype, args.overwrite, sharded=args.sharded)
   print(f"wrote {out}")
   return 0
 

@@ -390,12 +390,17 @@ def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param
   dtype: compute dtype; param_dtype: storage dtype of the parameters (defaults to dtype).
   max_len: override the config's length limit (see config_from_hf: Dream declares 131072 but was trained on
   2048-token sequences).
-  shardings: {parameter path: Sharding} (paths as `layers.0.attn.q_proj.kernel`) or a function
-  (path, shape) -> Sharding | None; parameters without one are replicated over `mesh` when a mesh is given,
-  else placed on the default device.
+  mesh: place every parameter on this mesh as it is read, by dlm's sharding rules (dlm/parallel/rules.py); each
+  process reads only the stored rows of the shards its devices hold.
+  shardings: instead of the rules, {parameter path: Sharding} (stacked paths as `layers.attn.q_proj.kernel`,
+  shape [n_layers, ...]) or a function (path, shape) -> Sharding | None; parameters without one are replicated
+  over `mesh` when a mesh is given, else placed on the default device.
   """
   folder = resolve_model_path(path_or_hub_id)
   cfg = config_from_hf(read_config(folder), dtype=dtype, param_dtype=param_dtype, max_len=max_len)
+  if mesh is not None and shardings is None:
+    from dlm.parallel.rules import loading_rule
+    shardings = loading_rule(mesh, cfg)
   tensors = checkpoint_tensors(folder)
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)

@@ -93,8 +93,9 @@ def load_params(make, path: str | os.PathLike):
   return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
-def load_model(folder: str | os.PathLike, *, dtype: str | None = None) -> Transformer:
-  """Inverse of save_model.  `dtype` overrides the compute dtype ("float32", "bfloat16")."""
+def load_model(folder: str | os.PathLike, *, dtype: str | None = None, mesh=None) -> Transformer:
+  """Inverse of save_model.  `dtype` overrides the compute dtype ("float32", "bfloat16"); `mesh` places the
+  parameters on a device mesh by dlm's sharding rules (dlm/parallel/rules.py)."""
   folder = Path(folder)
   for name in ("config.json", "params.safetensors"):
     if not (folder / name).is_file():
@@ -102,4 +103,8 @@ def load_model(folder: str | os.PathLike, *, dtype: str | None = None) -> Transf
   cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
   if dtype is not None:
     cfg = cfg.replace(dtype=dtype)
-  return load_params(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), folder / "params.safetensors")
+  model = load_params(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), folder / "params.safetensors")
+  if mesh is not None:
+    from dlm.parallel.rules import shard_model
+    shard_model(model, mesh)
+  return model

@@ -65,7 +65,10 @@ class MeshSpec:
       sizes[name] = int(value)
     if not sizes:
       raise ValueError(f"--mesh {text!r}: expected at least one axis=size, e.g. 'data=8'")
-    return cls(**sizes)
+    try:
+      return cls(**sizes)
+    except ValueError as e:
+      raise ValueError(f"--mesh {text!r}: {e}") from None
 
   def __str__(self) -> str:
     return ",".join(f"{a}={getattr(self, a)}" for a in AXES if getattr(self, a) > 1) or "data=1"

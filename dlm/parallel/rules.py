@@ -103,13 +103,22 @@ def loading_rule(mesh: Mesh, cfg):
   return lambda path, shape: NamedSharding(mesh, param_spec(path, tuple(shape), cfg, mesh))
 
 
+def put(value, sharding: NamedSharding):
+  """`value` on `sharding`, also when the mesh spans processes: a process-local value (the same on every
+  process: weights read from one file, a seed's key) is cut into this process's shards from its host copy."""
+  if isinstance(value, jax.Array) and not value.is_fully_addressable:
+    return jax.device_put(value, sharding)
+  if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(put(jax.random.key_data(value), sharding), impl=jax.random.key_impl(value))
+  if jax.process_count() == 1:
+    return jax.device_put(value, sharding)
+  host = np.asarray(value)
+  return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
 def shard_model(model: Transformer, mesh: Mesh) -> Transformer:
   """Move a network's parameters onto `mesh` by the rules (in place; returns the model)."""
-  shardings = param_shardings(model, mesh)
-  state = nnx.state(model, nnx.Param)
-  flat = nnx.to_flat_state(state)
-  placed = [(p, v.replace(jax.device_put(v.get_value(), shardings[".".join(map(str, p))]))) for p, v in flat]
-  nnx.update(model, nnx.from_flat_state(placed))
+  nnx.update(model, place_params(model, nnx.state(model, nnx.Param), mesh))
   return model
 
 
@@ -201,7 +210,7 @@ def place_params(model: Transformer, state, mesh: Mesh):
     target = shardings.get(".".join(map(str, path)))
     if target is None or (isinstance(value, jax.Array) and value.sharding.is_equivalent_to(target, value.ndim)):
       return var
-    return var.replace(jax.device_put(value, target))
+    return var.replace(put(value, target))
 
   return nnx.from_flat_state([(p, one(p, v)) for p, v in nnx.to_flat_state(state)])
 
@@ -209,7 +218,7 @@ def place_params(model: Transformer, state, mesh: Mesh):
 def replicate(mesh: Mesh, tree):
   """Copies of every array of `tree` on every device of the mesh (sampler weights, the key)."""
   sharding = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: jax.device_put(x, sharding) if isinstance(x, (jax.Array, np.ndarray)) else x, tree)
+  return jax.tree.map(lambda x: put(x, sharding) if isinstance(x, (jax.Array, np.ndarray)) else x, tree)
 
 
 def unpad_rows(out, rows: int):
