@@ -285,10 +285,14 @@ def cmd_eval(args):
     sampler = make_sampler(entry.sampler, **entry.resolve(args.gen_length))
     samplers.append((f"{entry.sampler}:{label(entry, sampler)}", sampler))
   model, name, tokenizer = _load_model(args.model, args.dtype, with_tokenizer=True, default="testbed")
+  import jax
+  primary = jax.process_index() == 0  # several processes (--distributed): each generates, one scores and writes
   summaries = evaluate(TextModel(model, tokenizer, str(name)), args.benchmark, args.data, samplers=samplers,
                        gen_length=args.gen_length, block_length=args.block_length, batch=args.batch,
-                       n_shot=args.n_shot, limit=args.limit, out=args.out, seed=args.seed, timeout_s=args.timeout,
-                       memory_mb=args.memory_mb, fmt=args.format)
+                       n_shot=args.n_shot, limit=args.limit, out=args.out if primary else None, seed=args.seed,
+                       timeout_s=args.timeout, memory_mb=args.memory_mb, fmt=args.format)
+  if not primary:
+    return
   print(format_summaries(summaries))
   if args.out:
     print(f"wrote {Path(args.out) / 'summary.json'} and records.jsonl")
@@ -398,7 +402,6 @@ def _task_prompts(task, exs):
   """A task's prompts [N, P] and mask: as host arrays on one process; under a mesh spanning processes, the global
   batch (padded to a multiple of data x fsdp) of which this process encodes only the rows its devices hold."""
   import jax
-  import numpy as np
   from dlm.parallel.mesh import batch_split, current_mesh
   mesh = current_mesh()
   if mesh is None or jax.process_count() == 1:
@@ -598,6 +601,7 @@ def main(argv=None):
   p.add_argument("--timeout", type=positive_float, default=10.0, help="humaneval: seconds per program")
   p.add_argument("--memory-mb", type=positive_int, default=1024, help="humaneval: address-space limit per program")
   p.add_argument("--out", default=None, help="folder for records.jsonl and summary.json")
+  scaled(p)
   p.set_defaults(fn=cmd_eval)
 
   p = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks with dlm as the model (--model dlm)")

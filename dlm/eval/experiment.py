@@ -5,6 +5,7 @@ The YAML file:
     models: [testbed]                 # shipped model names or model folders
     tasks: [sudoku6, hmm]
     n: 64                             # examples per cell (optional: batch, seed, block_length, stop_at_eos, cache)
+    mesh: data=2,tensor=4             # optional: the device mesh (as `--mesh`; docs/parallel.md)
     grid:                             # compare's grid entries, or a path to a grid file
       - {sampler: low_confidence, steps: G}
       - {sampler: threshold, tau: 0.9}
@@ -37,9 +38,10 @@ def load_experiment(path) -> dict:
   spec = read_yaml(path, "experiment")
   if not isinstance(spec, dict):
     raise ValueError(f"experiment {path}: expected a mapping with models, tasks and grid")
-  unknown = sorted(set(spec) - {"models", "tasks", "grid", *DEFAULTS})
+  unknown = sorted(set(spec) - {"models", "tasks", "grid", "mesh", *DEFAULTS})
   if unknown:
-    raise ValueError(f"experiment {path}: unknown keys {unknown}; expected models, tasks, grid, {sorted(DEFAULTS)}")
+    raise ValueError(f"experiment {path}: unknown keys {unknown}; expected models, tasks, grid, mesh, "
+                     f"{sorted(DEFAULTS)}")
   for key in ("models", "tasks", "grid"):
     if not spec.get(key):
       raise ValueError(f"experiment {path}: '{key}' is missing or empty")
@@ -55,6 +57,9 @@ def load_experiment(path) -> dict:
     grid = parse_grid(grid_spec, path)
   check_grid(grid)
   options = {k: spec.get(k, v) for k, v in DEFAULTS.items()}
+  if spec.get("mesh") is not None:
+    from dlm.parallel.mesh import MeshSpec
+    options["mesh"] = str(MeshSpec.parse(str(spec["mesh"])))
   return {"models": [str(m) for m in models], "tasks": [str(t) for t in tasks], "grid": grid, **options}
 
 
@@ -103,7 +108,7 @@ def run_experiment(path, out, *, progress: bool = True, load=None) -> list[dict]
   spec = load_experiment(path)
   out = Path(out)
   resolved = {"models": spec["models"], "tasks": spec["tasks"], "grid": grid_as_yaml(spec["grid"]),
-              **{k: spec[k] for k in DEFAULTS}}
+              **{k: spec[k] for k in (*DEFAULTS, "mesh") if k in spec}}
   config = out / "config.yaml"
   if config.is_file() and yaml.safe_load(config.read_text()) != resolved:
     raise ValueError(f"{out} holds another experiment (its config.yaml differs); use another --out folder")
@@ -112,12 +117,14 @@ def run_experiment(path, out, *, progress: bool = True, load=None) -> list[dict]
   if load is None:
     from dlm.cli import _load_model
     load = lambda name: _load_model(name, None, default="testbed")  # noqa: E731
+  from dlm.parallel.mesh import MeshSpec, use_mesh
   records = []
-  for name in spec["models"]:
-    model, model_name = load(name)
-    records += compare(model, spec["grid"], spec["tasks"], n=spec["n"], batch=spec["batch"], seed=spec["seed"],
-                       block_length=spec["block_length"], stop_at_eos=spec["stop_at_eos"], cache=spec["cache"],
-                       model_name=str(model_name), progress=progress, cells_dir=out / "cells")
+  with use_mesh(MeshSpec.parse(spec["mesh"]).make() if "mesh" in spec else None):
+    for name in spec["models"]:
+      model, model_name = load(name)
+      records += compare(model, spec["grid"], spec["tasks"], n=spec["n"], batch=spec["batch"], seed=spec["seed"],
+                         block_length=spec["block_length"], stop_at_eos=spec["stop_at_eos"], cache=spec["cache"],
+                         model_name=str(model_name), progress=progress, cells_dir=out / "cells")
   write_results(records, out)
   write_csv(records, out / "results.csv")
   return records
