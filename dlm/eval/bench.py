@@ -130,9 +130,11 @@ def bench(model, prompts, valid=None, *, sampler, gen_length: int, block_length:
   nfe = np.asarray(out.nfe)
   tokens = int(np.asarray(out.gen_tokens).sum())
   from dlm.eval.compare import summarize_extras
+  from dlm.parallel.mesh import mesh_spec_of
   extras = summarize_extras(model, out.extras or {}, nfe, int(prompts.shape[1]) + gen_length)
   return dict(**extras,
       cache=cache, window=window if cache == "window" else None, device=jax.devices()[0].device_kind,
+      mesh=None if spec.mesh is None else str(mesh_spec_of(spec.mesh)),
       head=spec.head, attention=spec.attention, temp_bytes=temp_bytes,
       batch=int(prompts.shape[0]), prompt_length=int(prompts.shape[1]), compile_s=compile_s, wall_s=wall_s,
       walls=walls, replay_walls=replay_walls, nfe_mean=float(nfe.mean()), batch_nfe=int(out.batch_nfe), tokens=tokens, tps=tokens / wall_s,

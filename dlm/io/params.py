@@ -61,9 +61,10 @@ def save_params(module: nnx.Module, path: str | os.PathLike, *, dtype=None) -> N
   atomic_write(Path(path), lambda tmp: save_file(tensors, tmp))
 
 
-def load_params(make, path: str | os.PathLike):
+def load_params(make, path: str | os.PathLike, *, mesh=None):
   """The module `make()` builds (abstractly, no initialisation runs) with its parameters read from `path`, a file
-  written by `save_params`; a missing, extra or mis-shaped tensor is a one-line ValueError."""
+  written by `save_params`; a missing, extra or mis-shaped tensor is a one-line ValueError.  mesh: a network's
+  parameters go from the host straight to their shardings on it (dlm/parallel/rules.py), never via one device."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path} is missing; expected a file written by dlm.io.save_params")
@@ -88,8 +89,15 @@ def load_params(make, path: str | os.PathLike):
       if layer is not None:
         grouped.setdefault(stacked, []).append(tensors.pop(key))
     tensors.update({k: np.stack(v) for k, v in grouped.items()})
-  leaves = [(p, v.replace(jax.numpy.asarray(tensors[".".join(map(str, p))], dtype=v.get_value().dtype)))
-            for p, v in flat]
+  placements = {}
+  if mesh is not None:
+    from dlm.parallel.rules import param_shardings, put
+    placements = param_shardings(abstract, mesh)
+  leaves = []
+  for p, v in flat:
+    key = ".".join(map(str, p))
+    host = np.asarray(tensors.pop(key), dtype=v.get_value().dtype)
+    leaves.append((p, v.replace(put(host, placements[key]) if key in placements else jax.numpy.asarray(host))))
   return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
@@ -103,8 +111,4 @@ def load_model(folder: str | os.PathLike, *, dtype: str | None = None, mesh=None
   cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
   if dtype is not None:
     cfg = cfg.replace(dtype=dtype)
-  model = load_params(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), folder / "params.safetensors")
-  if mesh is not None:
-    from dlm.parallel.rules import shard_model
-    shard_model(model, mesh)
-  return model
+  return load_params(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), folder / "params.safetensors", mesh=mesh)
