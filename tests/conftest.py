@@ -40,3 +40,16 @@ def model():
 @pytest.fixture(scope="session")
 def dream_model():
   return init_model(tiny_dream(), seed=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drop JAX's compiled programs after each test module.  Every XLA:CPU executable keeps its own memory
+  mappings; the whole suite in one process compiles enough programs to pass the kernel's default limit of 65,530
+  mappings per process (vm.max_map_count), and the next compile then crashes (SIGSEGV in backend_compile)."""
+  yield
+  import gc
+
+  import jax
+  jax.clear_caches()
+  gc.collect()

@@ -171,3 +171,16 @@ def test_a_dead_process_fails_the_run_without_output(tmp_path):
   assert out.returncode == 1
   assert "process 1 of 2 was killed by SIGKILL" in out.stderr and "wrote no output" in out.stderr, out.stderr[-2000:]
   assert not multi.exists() and not list(tmp_path.glob(".multi.jsonl*"))
+
+
+def test_experiment_file_takes_a_mesh(tmp_path):
+  from dlm.eval.experiment import load_experiment
+  path = tmp_path / "exp.yaml"
+  body = "models: [testbed]\ntasks: [add]\ngrid:\n  - {sampler: low_confidence, steps: G}\n"
+  path.write_text(body + "mesh: tensor=1,data=1\n")
+  assert load_experiment(path)["mesh"] == "data=1"
+  path.write_text(body)
+  assert "mesh" not in load_experiment(path)  # earlier experiment folders keep their resolved config
+  path.write_text(body + "mesh: rows=2\n")
+  with pytest.raises(ValueError, match="--mesh 'rows=2'"):
+    load_experiment(path)
