@@ -155,8 +155,10 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
   mesh: a device mesh (dlm.parallel.MeshSpec(...).make()) to run over; default the current one
     (`dlm.parallel.use_mesh`), else one device.  The batch is split over its data x fsdp devices (padded to a
     multiple with copies of row 0, dropped from the result), parameters placed by dlm/parallel/rules.py;
-    results are the single-device ones (docs/parallel.md).  Under several processes, `prompts` is the global
-    batch (every process passes the same) and the result holds global arrays: `dlm.parallel.to_host` them.
+    results are the single-device ones (docs/parallel.md).  Under several processes, host `prompts` are the
+    global batch (every process passes the same) and the result is all-gathered to host arrays on every
+    process; a global jax.Array (`dlm.parallel.rules.global_batch`: each process built only its own rows) gets
+    a result of global arrays (`dlm.parallel.rules.to_host` gathers them).
   """
   args, statics = _prepare(model, prompts, prompt_valid, sampler=sampler, gen_length=gen_length,
                            block_length=block_length, cache=cache, window=window, max_nfe=max_nfe, key=key,
