@@ -237,8 +237,8 @@ def cmd_compare(args):
   model, name = _load_model(args.model, args.dtype, default=DEFAULT_COMPARE_MODEL)
   if args.head:
     _check_head(args.head, name)
-  import jax
-  primary = jax.process_index() == 0  # several processes (--distributed): each runs the grid, one writes
+  from dlm.parallel.distributed import is_primary
+  primary = is_primary()  # several processes (--distributed): each runs the grid, one writes
   records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
                     block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
                     model_name=name, cells_dir=Path(args.out) / "cells" if args.out and primary else None)
@@ -285,8 +285,8 @@ def cmd_eval(args):
     sampler = make_sampler(entry.sampler, **entry.resolve(args.gen_length))
     samplers.append((f"{entry.sampler}:{label(entry, sampler)}", sampler))
   model, name, tokenizer = _load_model(args.model, args.dtype, with_tokenizer=True, default="testbed")
-  import jax
-  primary = jax.process_index() == 0  # several processes (--distributed): each generates, one scores and writes
+  from dlm.parallel.distributed import is_primary
+  primary = is_primary()  # several processes (--distributed): each generates, one scores and writes
   summaries = evaluate(TextModel(model, tokenizer, str(name)), args.benchmark, args.data, samplers=samplers,
                        gen_length=args.gen_length, block_length=args.block_length, batch=args.batch,
                        n_shot=args.n_shot, limit=args.limit, out=args.out if primary else None, seed=args.seed,
@@ -370,7 +370,7 @@ def cmd_sample(args):
     raise ValueError(f"the prompt uses token id {int(prompts.max())} but the model's vocabulary has "
                      f"{model.cfg.vocab_size} entries (the testbed tasks and characters need --model testbed)")
   block = args.block_length or (task.block_length if task is not None else None) or gen_length
-  from dlm.parallel.distributed import fault_point
+  from dlm.parallel.distributed import fault_point, is_primary
   fault_point("generate")
   out = generate(model, prompts, valid, sampler=sampler, gen_length=gen_length, block_length=block,
                  key=jax.random.key(args.seed), stop_at_eos=args.stop_at_eos)
@@ -390,9 +390,9 @@ def cmd_sample(args):
       record["score"] = task.score_one(exs[i].prompt, completion)
       line += f" score={record['score']:.3f}"
     records.append(record)
-    if jax.process_index() == 0:
+    if is_primary():
       print(line)
-  if args.out and jax.process_index() == 0:  # one writer, and only once the whole run succeeded
+  if args.out and is_primary():  # one writer, and only once the whole run succeeded
     from dlm.io.params import atomic_write
     text = "".join(json.dumps(r) + "\n" for r in records)
     atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(text))
@@ -402,14 +402,14 @@ def _task_prompts(task, exs):
   """A task's prompts [N, P] and mask: as host arrays on one process; under a mesh spanning processes, the global
   batch (padded to a multiple of data x fsdp) of which this process encodes only the rows its devices hold."""
   import jax
-  from dlm.parallel.mesh import batch_split, current_mesh
+  from dlm.parallel.mesh import current_mesh, padded_rows
   mesh = current_mesh()
   if mesh is None or jax.process_count() == 1:
     prompts, valid, _ = task.encode(exs)
     return prompts, valid
   from dlm.parallel.distributed import local_rows
   from dlm.parallel.rules import global_batch
-  rows = -(-len(exs) // batch_split(mesh)) * batch_split(mesh)
+  rows = padded_rows(len(exs), mesh)
   mine = local_rows(mesh, rows)
   prompts, valid, _ = task.encode([exs[min(i, len(exs) - 1)] for i in mine])  # padding rows repeat the last
   return global_batch(mesh, prompts, valid, global_rows=rows)

@@ -179,10 +179,13 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
              head="auto", head_blocks=None, attention="auto", sampler_params=None, mesh=None):
   """Check the arguments -> (positional args, static kwargs) of `_generate_jit` (also used to time its compile)."""
   mesh = current_mesh() if mesh is None else mesh
-  prompts = np.asarray(prompts) if mesh is not None and not isinstance(prompts, jax.Array) else jnp.asarray(prompts)
+
+  def as_array(x, dtype=None):  # under a mesh host data stays on the host: shard_batch cuts it into shards
+    return np.asarray(x, dtype) if mesh is not None and not isinstance(x, jax.Array) else jnp.asarray(x, dtype)
+
+  prompts = as_array(prompts)
   if prompt_valid is not None:
-    prompt_valid = (np.asarray(prompt_valid, bool) if mesh is not None and not isinstance(prompt_valid, jax.Array)
-                    else jnp.asarray(prompt_valid, bool))
+    prompt_valid = as_array(prompt_valid, bool)
   block_length = gen_length if block_length is None else block_length
   _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window, max_nfe)
   if prompt_valid is None:

@@ -60,6 +60,9 @@ def _to_dlm(src: str, out: Path, dtype: str, overwrite: bool, sharded: bool = Fa
 
 def run(args: argparse.Namespace) -> int:
   out = Path(args.out)
+  if args.to_hf and args.sharded:
+    raise ValueError("--to-hf and --sharded exclude each other: --to-hf writes a Hugging Face folder, --sharded "
+                     "an orbax checkpoint")
   if out.exists() and not args.overwrite:
     raise FileExistsError(f"{out} exists; pass --overwrite or choose a new folder")
   if args.to_hf:

@@ -442,6 +442,7 @@ def _read_parameter(tensors, parts, shape, dtype, sharding) -> jax.Array:
       host[layer] = st.read_tensor(tensors[hf_name], dtype=dtype, transpose=transpose)
     return jax.device_put(host)
   cache: dict = {}
+  inner_shape = shape[1:] if stacked else shape  # one layer's shape
 
   def piece(index: tuple[slice, ...]) -> np.ndarray:
     index = tuple(index) + (slice(None),) * (len(shape) - len(index))
@@ -450,7 +451,6 @@ def _read_parameter(tensors, parts, shape, dtype, sharding) -> jax.Array:
     out = []
     for layer in layers:
       _, hf_name, transpose = parts[layer if stacked else 0]
-      inner_shape = shape[1:] if stacked else shape
       row_axis = len(inner_shape) - 1 if transpose else 0  # the dlm axis that runs along the stored rows
       r0, r1, _ = inner[row_axis].indices(inner_shape[row_axis]) if inner_shape else (0, 0, 1)
       k = (hf_name, r0, r1)

@@ -17,13 +17,12 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from dlm.model.config import ModelConfig
-from dlm.model.transformer import Transformer, layer_path, per_layer_names, per_layer_shapes
+from dlm.model.transformer import Transformer, flat_params, layer_path, per_layer_names, per_layer_shapes
 
 
 def _flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
   """Parameter name -> host array; a Transformer's stacked layers under their per-layer names (`layers.0.…`)."""
-  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-  out = {".".join(map(str, path)): np.asarray(jax.device_get(var.get_value())) for path, var in flat}
+  out = {k: np.asarray(jax.device_get(v)) for k, v in flat_params(model).items()}
   return per_layer_names(out, model.cfg.n_layers) if isinstance(model, Transformer) else out
 
 

@@ -62,10 +62,14 @@ def per_layer_names(flat: dict, n_layers: int) -> dict:
   return out
 
 
+def flat_params(module: nnx.Module) -> dict:
+  """Parameter path joined by dots (`layers.attn.q_proj.kernel`) -> its array, for any nnx module."""
+  return {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+
+
 def per_layer_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
   """Parameter name -> shape, under the per-layer names checkpoints use (`layers.{i}.attn.q_proj.kernel`)."""
-  flat = {".".join(map(str, p)): tuple(v.get_value().shape)
-          for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  flat = {k: tuple(v.shape) for k, v in flat_params(model).items()}
   n = model.cfg.n_layers
   return per_layer_names({k: [s[1:]] * n if k.startswith(STACKED + ".") else s for k, s in flat.items()}, n)
 

@@ -21,16 +21,14 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dlm.model.transformer import flat_params
+
 MARKER = "orbax"
 
 
 def _checkpointer():
   import orbax.checkpoint as ocp
   return ocp.StandardCheckpointer()
-
-
-def _param_tree(module: nnx.Module) -> dict:
-  return {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
 
 
 def is_sharded_checkpoint(folder: str | os.PathLike) -> bool:
@@ -60,7 +58,7 @@ def save_sharded(module: nnx.Module, folder: str | os.PathLike, *, config: dict 
   from dlm.parallel.distributed import barrier
   barrier("dlm-save-sharded-clear")
   checkpointer = _checkpointer()
-  checkpointer.save((folder / "state").absolute(), _param_tree(module))
+  checkpointer.save((folder / "state").absolute(), flat_params(module))
   checkpointer.wait_until_finished()
   barrier("dlm-save-sharded-state")
   if jax.process_index() == 0:

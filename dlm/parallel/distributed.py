@@ -71,6 +71,7 @@ def initialize(settings: dict | None) -> None:
 
 
 def is_primary() -> bool:
+  """Process 0: the one that prints and writes results."""
   return jax.process_index() == 0
 
 
@@ -82,14 +83,6 @@ def local_rows(mesh: Mesh, rows: int, width: int = 1) -> np.ndarray:
   for index in sharding.addressable_devices_indices_map((rows, width)).values():
     held.update(range(*index[0].indices(rows)))
   return np.asarray(sorted(held), np.int64)
-
-
-def agree_max(value: int) -> int:
-  """The maximum of an int over all processes (e.g. the longest prompt, so every process pads alike)."""
-  if jax.process_count() == 1:
-    return int(value)
-  from jax.experimental import multihost_utils
-  return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int64))))
 
 
 def fault_point(name: str) -> None:

@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
   p.add_argument("--devices-per-process", type=int, default=1,
                  help="fake CPU devices per process (JAX_PLATFORMS=cpu); 0 keeps the platform's own devices")
   p.add_argument("--port", type=int, default=None, help="coordinator port on localhost (default: a free one)")
-  p.add_argument("argv", nargs="+", help="the dlm command and its arguments, after `--`")
+  p.add_argument("argv", nargs="+", metavar="COMMAND", help="the dlm command and its arguments, after `--`")
 
 
 def _free_port() -> int:

@@ -45,11 +45,6 @@ class MeshSpec:
   def size(self) -> int:
     return self.data * self.fsdp * self.tensor
 
-  @property
-  def batch_split(self) -> int:
-    """How many pieces the batch is cut into (data x fsdp): batches are padded to a multiple of it."""
-    return self.data * self.fsdp
-
   @classmethod
   def parse(cls, text: str) -> "MeshSpec":
     """'data=2,tensor=4' -> MeshSpec(data=2, tensor=4); axes not named have size 1."""
@@ -93,9 +88,16 @@ def mesh_spec_of(mesh: Mesh) -> MeshSpec:
 
 
 def batch_split(mesh: Mesh | None) -> int:
+  """How many pieces the batch is cut into (data x fsdp)."""
   if mesh is None:
     return 1
   return math.prod(int(mesh.shape[a]) for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def padded_rows(rows: int, mesh: Mesh | None) -> int:
+  """`rows` rounded up to a multiple of data x fsdp: the batch `generate` runs on the mesh."""
+  split = batch_split(mesh)
+  return -(-rows // split) * split
 
 
 _CURRENT: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("dlm_mesh", default=None)

@@ -29,8 +29,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dlm.model.transformer import STACKED, Transformer
-from dlm.parallel.mesh import BATCH_AXES, batch_split
+from dlm.model.transformer import STACKED, Transformer, flat_params
+from dlm.parallel.mesh import BATCH_AXES, padded_rows
 
 REPLICATED = "replicated"
 _RULES: tuple[tuple[str, tuple | str], ...] = (
@@ -50,10 +50,6 @@ def _present(mesh: Mesh, axis):
   return axis if axis in mesh.axis_names and mesh.shape[axis] > 1 else None
 
 
-def _kv_split(cfg, mesh: Mesh) -> bool:
-  return "tensor" in mesh.axis_names and cfg.num_kv_heads % mesh.shape["tensor"] == 0
-
-
 def rule_for(path: str):
   """The per-layer partition of a parameter path (stacked prefix removed), or None if no rule covers it."""
   inner = path[len(STACKED) + 1:] if path.startswith(STACKED + ".") else path
@@ -63,13 +59,9 @@ def rule_for(path: str):
   return None
 
 
-def _flat_params(model: Transformer) -> dict[str, jax.Array]:
-  return {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-
-
 def unruled_parameters(model: Transformer) -> list[str]:
   """Parameter paths no rule covers (each would be silently replicated): [] for a dlm network."""
-  return sorted(path for path in _flat_params(model) if rule_for(path) is None)
+  return sorted(path for path in flat_params(model) if rule_for(path) is None)
 
 
 def param_spec(path: str, shape: tuple[int, ...], cfg, mesh: Mesh) -> P:
@@ -80,7 +72,7 @@ def param_spec(path: str, shape: tuple[int, ...], cfg, mesh: Mesh) -> P:
   stacked = path.startswith(STACKED + ".")
   inner_shape = shape[1:] if stacked else shape
   axes = (None,) * len(inner_shape) if spec == REPLICATED else tuple(_present(mesh, a) for a in spec)
-  if re.search(r"attn\.(k|v)_proj", path) and not _kv_split(cfg, mesh):
+  if re.search(r"attn\.(k|v)_proj", path) and not kv_heads_split(cfg, mesh):
     axes = tuple(None if a == "tensor" else a for a in axes)
   for dim, (size, axis) in enumerate(zip(inner_shape, axes)):
     if axis is not None and size % mesh.shape[axis]:
@@ -95,7 +87,7 @@ def param_shardings(model: Transformer, mesh: Mesh) -> dict[str, NamedSharding]:
   if missing:
     raise ValueError(f"parameters without a sharding rule (dlm/parallel/rules.py): {missing}")
   return {path: NamedSharding(mesh, param_spec(path, tuple(value.shape), model.cfg, mesh))
-          for path, value in _flat_params(model).items()}
+          for path, value in flat_params(model).items()}
 
 
 def loading_rule(mesh: Mesh, cfg):
@@ -153,13 +145,15 @@ def constrain(tree, batch: int, mesh: Mesh | None, *, kv_heads_split: bool = Fal
 
 
 def kv_heads_split(cfg, mesh: Mesh | None) -> bool:
-  return mesh is not None and _kv_split(cfg, mesh) and mesh.shape["tensor"] > 1
+  """Whether the key/value heads (k/v projections, KV cache) are split over `tensor`: only where they divide."""
+  return (mesh is not None and "tensor" in mesh.axis_names and mesh.shape["tensor"] > 1
+          and cfg.num_kv_heads % mesh.shape["tensor"] == 0)
 
 
 def parameter_bytes(model: Transformer) -> dict:
   """Total parameter bytes and the bytes each device holds, read from the arrays' shardings."""
   total, per_device = 0, {}
-  for value in _flat_params(model).values():
+  for value in flat_params(model).values():
     total += value.nbytes
     for shard in value.addressable_shards:
       per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
@@ -180,8 +174,7 @@ def shard_batch(mesh: Mesh, prompts, prompt_valid):
   if isinstance(prompts, jax.Array) and not prompts.is_fully_addressable:
     return prompts, prompt_valid
   prompts, valid = np.asarray(prompts), np.asarray(prompt_valid, bool)
-  split = batch_split(mesh)
-  pad = -len(prompts) % split
+  pad = padded_rows(len(prompts), mesh) - len(prompts)
   if pad:
     prompts = np.concatenate([prompts, np.repeat(prompts[:1], pad, 0)])
     valid = np.concatenate([valid, np.repeat(valid[:1], pad, 0)])
