@@ -14,6 +14,8 @@ __all__ = ["load"]
 def load(path_or_hub_id: str | os.PathLike, **kwargs):
   """Load a network as (model, tokenizer or None) from any of the folders dlm reads.
 
+  - "bundled" or "testbed": a model shipped inside the package (dlm.io.shipped), with no tokenizer (the tasks'
+    character tokenizer, dlm.tasks.TOKENIZER, encodes their prompts);
   - a folder written by `dlm.io.save_model` (params.safetensors + config.json, e.g. `dlm train` output or
     `dlm convert` of a Hugging Face folder): `dlm.io.load_model(folder, **kwargs)` (kwargs: dtype);
   - a sharded checkpoint written by `dlm.parallel.save_sharded` / `dlm convert --sharded` (orbax; kwargs: dtype,
@@ -25,6 +27,10 @@ def load(path_or_hub_id: str | os.PathLike, **kwargs):
 
   The tokenizer is the folder's tokenizer.json (with its chat template) when it has one, else None.
   """
+  from dlm.io.shipped import SHIPPED_MODELS, shipped_folder
+  if isinstance(path_or_hub_id, str) and path_or_hub_id in SHIPPED_MODELS:
+    from dlm.io.params import load_model
+    return load_model(shipped_folder(path_or_hub_id), **kwargs), None
   folder = Path(path_or_hub_id)
   from dlm.parallel.checkpoint import is_sharded_checkpoint
   if is_sharded_checkpoint(folder):

@@ -26,9 +26,10 @@ your own prompts (`dlm.load(path)`)."""),
     ("code", """\
 import numpy as np
 import matplotlib.pyplot as plt
-from dlm.cli import _load_model
-MODEL = "testbed"  # or "bundled", or a model folder
-model, name = _load_model(MODEL, None)
+import dlm
+MODEL = "testbed"  # or "bundled", a model folder, or a Hugging Face LLaDA/Dream folder
+model, _ = dlm.load(MODEL)
+name = MODEL
 print(name, model.cfg.n_layers, "layers,", model.cfg.d_model, "wide")"""),
     ("md", "## A grid of samplers on 6x6 Sudoku and HMM samples\n`G` is the task's answer length."),
     ("code", """\
@@ -52,29 +53,35 @@ from IPython.display import Image, display
 display(Image("frontier.png"))"""),
     ("md", """\
 ## One generation, step by step
-`Generation.commit_step[b, i]` is the loop iteration at which answer slot i was committed; the picture colours
-each cell of the Sudoku answer by it."""),
+`dlm.engine.generate_steps` runs the compiled loop's own step from Python and yields a snapshot after every
+iteration (its last one equals `generate`'s result). Each panel is the Sudoku answer after one step of the
+threshold rule: blank cells are still masked, and the cells committed by that step are outlined."""),
     ("code", """\
 import jax
-from dlm.engine import generate
+from dlm.engine import generate_steps
 from dlm.samplers import Threshold
 from dlm.tasks import get_task
 task = get_task("sudoku6")
 ex = task.examples(1, seed=3)
 prompts, valid, _ = task.encode(ex)
-out = generate(model, prompts, valid, sampler=Threshold(tau=0.9), gen_length=task.gen_length)
-steps = np.asarray(out.commit_step)[0]
+snaps = list(generate_steps(model, prompts, valid, sampler=Threshold(tau=0.9), gen_length=task.gen_length))
+out = snaps[-1].generation
 text = task.decode(np.asarray(out.answers)[0])
 print("answer:", text, "| NFE", int(out.nfe[0]), "| score", task.score(ex, np.asarray(out.answers))[0])
-fig, ax = plt.subplots(figsize=(4, 4))
-cells = steps.reshape(6, 6)
-ax.imshow(cells, cmap="viridis")
-for i in range(6):
-    for j in range(6):
-        ax.text(j, i, f"{text[6 * i + j] if 6 * i + j < len(text) else '?'}\\n{cells[i, j]}", ha="center",
-                va="center", color="w", fontsize=8)
-ax.set_title("token / commit step")
-ax.set_xticks([]); ax.set_yticks([])
+mask = model.cfg.mask_id
+fig, axes = plt.subplots(1, len(snaps), figsize=(2 * len(snaps), 2.3), squeeze=False)
+for ax, snap in zip(axes[0], snaps):
+    answer, steps = snap.answers[0], snap.commit_step[0]
+    ax.imshow((answer != mask).reshape(6, 6), cmap="Greys", vmin=0, vmax=3)
+    for k in range(36):
+        i, j = divmod(k, 6)
+        if answer[k] != mask:
+            new = steps[k] == snap.iteration - 1
+            ax.text(j, i, task.decode(answer[k:k + 1]) or "?", ha="center", va="center", fontsize=8,
+                    color="tab:red" if new else "k", fontweight="bold" if new else "normal")
+    ax.set_title(f"step {snap.iteration}, NFE {int(snap.nfe[0])}", fontsize=8)
+    ax.set_xticks([]); ax.set_yticks([])
+plt.tight_layout()
 plt.show()"""),
 ]
 
@@ -90,9 +97,10 @@ Two learned samplers, both trained on the testbed model's own decoding, with opt
     ("code", """\
 import tempfile
 from pathlib import Path
-from dlm.cli import _load_model
+import dlm
 from dlm.tasks import get_task
-model, name = _load_model("testbed", None)
+model, _ = dlm.load("testbed")
+name = "testbed"
 work = Path(tempfile.mkdtemp())
 task = get_task("sudoku6")"""),
     ("md", "## ADJUST: record one-token-per-step trajectories, train the layer"),

@@ -226,7 +226,7 @@ def test_testbed_tasks_registered():
 
 
 def test_shipped_testbed_model_reads_the_long_tasks():
-  from dlm.cli import BUNDLED_MODELS
+  from dlm.io.shipped import SHIPPED_MODELS as BUNDLED_MODELS
   from dlm.io.params import load_model
   folder = BUNDLED_MODELS["testbed"]
   assert (folder / "params.safetensors").stat().st_size <= 25 * 2**20

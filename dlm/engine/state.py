@@ -173,7 +173,10 @@ class BlockState:
 
 @flax.struct.dataclass
 class LoopState:
-  """Carry of the engine's lax.while_loop."""
+  """Carry of the engine's lax.while_loop (dlm/engine/step.py).  The loop owns the canvas and the counters; three
+  slices belong to the objects chosen at trace time: `carry` to the sampler, `forward` to the forward program
+  (dlm/engine/programs.py: a KV cache, the last prediction, a probe), `inputs` to the input transforms
+  (dlm/engine/inputs.py: the belief embeddings).  Each is () when its owner keeps nothing."""
 
   tokens: jax.Array  # [B, L]
   block: jax.Array  # [] int32, lockstep over rows
@@ -187,17 +190,13 @@ class LoopState:
   commit_step: jax.Array  # [B, G] int32, iteration at which each answer slot was committed (-1: never)
   remasked: jax.Array  # [B] int32, committed slots returned to the mask so far
   hold: jax.Array  # [B] bool, the row asked to keep its (maskless) block open
-  fresh: jax.Array  # [B] bool, canvas unchanged since the cached prediction (no-change caching)
-  cached_hidden: jax.Array  # [B, L, D] hidden of the last forward (only when the sampler reuses predictions)
   history: jax.Array  # [T, B, G] answer tokens after each iteration when recording, else [0, B, G]
   key: jax.Array
   carry: object  # the sampler's carry
-  kv: object  # KVCache [n_layers, R, L, Hkv, Dh] with a cache policy (R = B, or 2B under CFG), else ()
+  forward: object  # the forward program's state
+  inputs: object  # the input transforms' state (a tuple, one entry per transform)
   tokens_computed: jax.Array  # [B] int32, canvas positions the network recomputed for this row
   block_iterations: jax.Array  # [num_blocks] int32, loop iterations spent in each block
-  probe: object  # divergence probe (engine-internal), () unless requested
-  soft_embed: jax.Array  # [B, G, D] input embedding of each answer slot's belief (soft_inputs), else [B, 0, D]
-  soft_on: jax.Array  # [B, G] bool, the slot has a belief to feed while it is masked (soft_inputs), else [B, 0]
 
 
 @flax.struct.dataclass

@@ -115,8 +115,8 @@ def run_experiment(path, out, *, progress: bool = True, load=None) -> list[dict]
   atomic_write(config, lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
   atomic_write(out / "environment.json", lambda tmp: Path(tmp).write_text(json.dumps(environment(), indent=1)))
   if load is None:
-    from dlm.cli import _load_model
-    load = lambda name: _load_model(name, None, default="testbed")  # noqa: E731
+    from dlm.io.shipped import load_named
+    load = lambda name: load_named(name, None, default="testbed")  # noqa: E731
   from dlm.parallel.mesh import MeshSpec, use_mesh
   records = []
   with use_mesh(MeshSpec.parse(spec["mesh"]).make() if "mesh" in spec else None):

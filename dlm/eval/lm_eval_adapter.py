@@ -43,10 +43,10 @@ class DlmLM(LM):
                device=None, **sampler_settings):
     super().__init__()
     del max_batch_size, device  # lm-eval's generic options; JAX places the work
-    from dlm.cli import _load_model
+    from dlm.io.shipped import load_named
     from dlm.eval.text import TextModel
     from dlm.samplers import make_sampler
-    net, name, tokenizer = _load_model(str(model), dtype, with_tokenizer=True, default="testbed")
+    net, name, tokenizer = load_named(str(model), dtype, with_tokenizer=True, default="testbed")
     self.tm = TextModel(net, tokenizer, str(name))
     self.gen_length = int(gen_length)
     self.block_length = None if block_length in (None, "None") else int(block_length)

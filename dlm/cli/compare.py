@@ -1,0 +1,57 @@
+"""`dlm compare`: run a grid of samplers on the built-in tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dlm.cli.common import (_check_head, _grid_from_args, _load_model, _print_records, _with_head, add_common, add_scaled,
+                             cache_name, existing_dir, existing_file, packaged_config, positive_int, sampler_name,
+                             task_name)
+
+# `dlm compare` with no --model/--tasks: the testbed model on the short tasks and the long ones (gen 128/81/128).
+DEFAULT_COMPARE_MODEL = "testbed"
+DEFAULT_COMPARE_TASKS = ("sudoku4_hard", "hmm", "chain128", "sudoku6", "hmm128")
+
+
+def cmd_compare(args):
+  from dlm.eval.compare import check_grid, compare, write_results
+  grid = _grid_from_args(args.sampler, args.set,
+                         None if args.sampler else args.grid or packaged_config("compare_default.yaml"))
+  if args.head:
+    grid = [_with_head(entry, args.head) for entry in grid]
+  check_grid(grid)  # unknown samplers and settings fail before the model loads
+  model, name = _load_model(args.model, args.dtype, default=DEFAULT_COMPARE_MODEL)
+  if args.head:
+    _check_head(args.head, name)
+  from dlm.parallel.distributed import is_primary
+  primary = is_primary()  # several processes (--distributed): each runs the grid, one writes
+  records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
+                    block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
+                    model_name=name, cells_dir=Path(args.out) / "cells" if args.out and primary else None)
+  if not primary:
+    return
+  _print_records(records)
+  if args.out:
+    write_results(records, args.out)
+    print(f"wrote {Path(args.out) / 'results.json'}, aup.json and frontier.png")
+
+
+def add_parser(sub):
+  sampler_name_, task_name_, cache_name_ = sampler_name(), task_name(), cache_name()
+  p = sub.add_parser("compare", help="run a grid of samplers on the built-in tasks")
+  add_common(p)
+  p.add_argument("--tasks", nargs="+", type=task_name_, default=list(DEFAULT_COMPARE_TASKS))
+  p.add_argument("--grid", default=None, type=existing_file, help="YAML grid (default: the packaged "
+                 "configs/compare_default.yaml)")
+  p.add_argument("--sampler", default=None, type=sampler_name_, help="run this one sampler instead of the grid")
+  p.add_argument("--set", nargs="*", default=None, help="sampler settings NAME=VALUE with --sampler")
+  p.add_argument("--n", type=positive_int, default=64)
+  p.add_argument("--batch", type=positive_int, default=32)
+  p.add_argument("--block-length", type=positive_int, default=None)
+  p.add_argument("--stop-at-eos", action="store_true")
+  p.add_argument("--cache", default="none", type=cache_name_, help="none | prefix | dual | window")
+  p.add_argument("--out", default=None, help="folder for results.json and frontier.png")
+  p.add_argument("--head", default=None, type=existing_dir,
+                 help="a trained head folder for the samplers that read one (learn2pd, adjust)")
+  add_scaled(p)
+  p.set_defaults(fn=cmd_compare)

@@ -1,0 +1,224 @@
+"""Forward programs: each way a denoising step obtains the hidden states of the sampler's view.
+
+A forward program is a small object chosen once, at trace time, from the cache policy and the sampler's checked
+capabilities (`choose_program`; which combinations exist is dlm/engine/capabilities.py's table).  Each has one
+interface:
+
+  init(ctx)                          its slice of the loop state (`LoopState.forward`): a KV cache, the last
+                                     prediction, a probe trace, or () when it keeps nothing.
+  run(ctx, s, where, feed) -> Forward  the network call(s) of one step: the view's hidden states [B, Bv, D] (CFG's
+                                     unconditional ones too), its new state, whether the batch made a call
+                                     (`ran`), the rows charged one NFE (`charged` [B]) and the canvas positions
+                                     each charged row recomputed (`width`).
+  extend_view(ctx, view, fwd, s, where, key)  what the program adds to the View beyond the head statistics
+                                     (WINO's verification rows, ADJUST's canvas features).
+  settle(state, fwd, changed)        its state after the sampler's decision (no-change reuse marks rows fresh).
+  aux(state)                         engine-internal measurements for reports (the divergence probe).
+
+The programs:
+  FullCanvas       every slot recomputed (cache 'none'); under CFG a second forward of the prompt-masked canvas.
+  CanvasFeatures   FullCanvas that also hands the sampler the whole canvas's features (`View.base`).
+  ReuseUnchanged   FullCanvas that skips the forward when no charged row's canvas changed (MDLM's cache).
+  ShadowRows       the canvas plus Bk leave-one-out shadow rows in one forward (WINO's `View.verify`).
+  RowWindow        a per-row recompute window against the sampler's own KV cache (APD's kv_window).
+  CachedWindows    a KV-cache policy: a block-entry refresh, then a window per step (dlm/engine/cache.py).
+  ProbedCache      CachedWindows plus a full forward per step that records the cached prediction's error.
+Input transforms (soft inputs, the input horizon) reach every program through `FeedInputs`
+(dlm/engine/inputs.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dlm.engine.features import canvas_features
+from dlm.kernels.head import LOGITS
+
+
+@dataclasses.dataclass
+class Forward:
+  """One step's network result, as a forward program returns it (a trace-time container, not a pytree)."""
+
+  hidden: jax.Array  # [B, Bv, D] hidden states feeding the view's slots
+  uncond: jax.Array | None  # [B, Bv, D] CFG's unconditional hidden states, else None
+  state: object  # the program's new slice of the loop state
+  ran: object  # [] bool (or True): the batch made a network call this step
+  charged: jax.Array  # [B] bool: rows charged one NFE (per pass)
+  width: object  # [] int: canvas positions a charged row recomputed per pass
+  canvas: jax.Array | None = None  # [B, L, D] the full forward's hidden states, when the program ran one
+  shadow: jax.Array | None = None  # [B, Bk, D] the shadow rows' hidden states (ShadowRows)
+
+
+class ForwardProgram:
+  """The interface; FullCanvas is the reference implementation."""
+
+  name = "base"
+
+  def init(self, ctx):
+    del ctx
+    return ()
+
+  def run(self, ctx, s, where, feed) -> Forward:
+    raise NotImplementedError
+
+  def extend_view(self, ctx, view, fwd: Forward, s, where, key):
+    del ctx, fwd, s, where, key
+    return view
+
+  def settle(self, state, fwd: Forward, changed):
+    del fwd, changed
+    return state
+
+  def aux(self, state) -> dict:
+    del state
+    return {}
+
+  def __repr__(self):
+    return type(self).__name__
+
+
+class FullCanvas(ForwardProgram):
+  name = "full"
+
+  def run(self, ctx, s, where, feed) -> Forward:
+    calls = ctx.calls
+    hidden = calls.forward(s.tokens, feed.soft, feed.horizon)  # [B, L, D]
+    hidden_view, uncond = calls.block_hidden(s.tokens, hidden, where.view_start, ctx.view_length, soft=feed.soft)
+    return Forward(hidden=hidden_view, uncond=uncond, state=s.forward, ran=True, charged=where.active,
+                   width=ctx.seq_length, canvas=hidden)
+
+
+class CanvasFeatures(FullCanvas):
+  name = "full+features"
+
+  def extend_view(self, ctx, view, fwd, s, where, key):
+    calls, spec = ctx.calls, ctx.spec
+    return view.replace(base=canvas_features(ctx.net, fwd.canvas, s.tokens, calls.positions, calls.valid,
+                                             head_impl=spec.head, head_blocks=spec.head_blocks))
+
+
+class ReuseUnchanged(ForwardProgram):
+  """State: (hidden [B, L, D] of the last forward, fresh [B]: the row's canvas is unchanged since then)."""
+
+  name = "reuse-unchanged"
+
+  def init(self, ctx):
+    cfg = ctx.net.cfg
+    return (jnp.zeros((ctx.batch, ctx.seq_length, cfg.d_model), cfg.compute_dtype),
+            jnp.zeros((ctx.batch,), bool))
+
+  def run(self, ctx, s, where, feed) -> Forward:
+    cached, fresh = s.forward
+    need = where.active & ~fresh
+    ran = need.any()
+    hidden = jax.lax.cond(ran, ctx.calls.forward, lambda _: cached, s.tokens)
+    hidden_view, uncond = ctx.calls.block_hidden(s.tokens, hidden, where.view_start, ctx.view_length)
+    return Forward(hidden=hidden_view, uncond=uncond, state=(hidden, fresh), ran=ran, charged=need,
+                   width=ctx.seq_length)
+
+  def settle(self, state, fwd, changed):
+    hidden, fresh = state
+    return hidden, (fresh | fwd.ran) & ~changed
+
+
+class ShadowRows(ForwardProgram):
+  name = "shadow-rows"
+
+  def run(self, ctx, s, where, feed) -> Forward:
+    calls = ctx.calls
+    hidden, shadow = calls.forward_with_shadow(s.tokens, where.start)
+    hidden_view, uncond = calls.block_hidden(s.tokens, hidden, where.view_start, ctx.view_length, soft=feed.soft)
+    return Forward(hidden=hidden_view, uncond=uncond, state=s.forward, ran=True, charged=where.active,
+                   width=ctx.seq_length + ctx.block_length, shadow=shadow)
+
+  def extend_view(self, ctx, view, fwd, s, where, key):
+    shadow_tokens = jax.lax.dynamic_slice_in_dim(s.tokens, where.start, ctx.block_length, axis=1)  # [B, Bk]
+    return view.replace(verify=ctx.view_of(fwd.shadow, None, ctx.sampler.verify_request, key, shadow_tokens))
+
+
+class RowWindow(ForwardProgram):
+  """State: the sampler's own KV cache [n_layers, B, L, Hkv, Dh]; the first step is a full refresh."""
+
+  name = "row-window"
+
+  def __init__(self, width: int):
+    self.width = width
+
+  def init(self, ctx):
+    return ctx.calls.empty_kv(row_window=True)
+
+  def run(self, ctx, s, where, feed) -> Forward:
+    calls, w, length = ctx.calls, self.width, ctx.seq_length
+    starts = jnp.clip(ctx.sampler.window_start(s.carry), 0, length - w).astype(jnp.int32)
+    first = s.iteration == 0
+    hidden_view, kv = jax.lax.cond(
+        first, lambda kv: calls.row_refresh(s.tokens, feed.horizon, where.view_start, ctx.view_length),
+        lambda kv: calls.row_window(s.tokens, kv, starts, w, feed.horizon, where.view_start, ctx.view_length),
+        s.forward)
+    return Forward(hidden=hidden_view, uncond=None, state=kv, ran=True, charged=where.active,
+                   width=jnp.where(first, length, w))
+
+  def __repr__(self):
+    return f"RowWindow(width={self.width})"
+
+
+class CachedWindows(ForwardProgram):
+  """State: the KV cache [n_layers, R, L, Hkv, Dh] (R = B, or 2B under CFG)."""
+
+  name = "cached"
+
+  def init(self, ctx):
+    return ctx.calls.empty_kv()
+
+  def run(self, ctx, s, where, feed) -> Forward:
+    hidden_view, uncond, kv, width = ctx.calls.cached(s.tokens, s.forward, where.start, s.block, s.step, feed.soft)
+    return Forward(hidden=hidden_view, uncond=uncond, state=kv, ran=True, charged=where.active, width=width)
+
+
+class ProbedCache(CachedWindows):
+  """State: (KV cache, probe).  Per row, the max |cached - full-forward| logit over the masked slots it decoded;
+  per iteration, the max over rows and the step inside the block (0 = refresh).  Doubles the network work, so
+  only the divergence report runs it."""
+
+  name = "cached+probe"
+
+  def init(self, ctx):
+    t = ctx.spec.trace_length
+    probe = dict(gap=jnp.zeros((ctx.batch,), jnp.float32), trace=jnp.zeros((t,), jnp.float32),
+                 trace_step=jnp.full((t,), -1, jnp.int32))
+    return super().init(ctx), probe
+
+  def run(self, ctx, s, where, feed) -> Forward:
+    kv, probe = s.forward
+    fwd = super().run(ctx, s.replace(forward=kv), where, feed)
+    calls, t = ctx.calls, ctx.spec.trace_length
+    _, full_logits = calls.block_logits(s.tokens, calls.forward(s.tokens, feed.soft), where.start)
+    logits = calls.head(fwd.hidden, fwd.uncond, LOGITS).logits
+    gap = jnp.where(jnp.isfinite(full_logits), jnp.abs(logits - full_logits), 0.0).max(-1)  # [B, Bk]
+    gap = jnp.where(where.masked & where.active[:, None], gap, 0.0).max(-1)  # [B]
+    row = jnp.minimum(s.iteration, t - 1)
+    probe = dict(gap=jnp.maximum(probe["gap"], gap), trace=probe["trace"].at[row].set(gap.max()),
+                 trace_step=probe["trace_step"].at[row].set(s.step))
+    return dataclasses.replace(fwd, state=(fwd.state, probe))
+
+  def aux(self, state) -> dict:
+    return dict(probe=state[1])
+
+
+def choose_program(capabilities: frozenset[str], *, cached: bool, probe: bool, row_window: int) -> ForwardProgram:
+  """The forward program of one compiled generation: from the cache policy and the capabilities the engine runs
+  with (`check_combination` has already refused what does not combine, so at most one of these applies)."""
+  if cached:
+    return ProbedCache() if probe else CachedWindows()
+  if "reuse_unchanged" in capabilities:
+    return ReuseUnchanged()
+  if "verify_rows" in capabilities:
+    return ShadowRows()
+  if "row_window" in capabilities:
+    return RowWindow(row_window)
+  if "canvas_features" in capabilities:
+    return CanvasFeatures()
+  return FullCanvas()

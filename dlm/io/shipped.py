@@ -1,0 +1,40 @@
+"""The models shipped inside the package, and loading a model by the name or path a user types.
+
+`bundled` (small, 48-token vocabulary, the short tasks; the fast tests use it) and `testbed` (the long tasks too:
+chain, 9x9/6x6 Sudoku, hmm128; canvases up to 256).  `load_named` is what every command and experiment file
+calls with a `--model` value; `dlm.load` accepts the same names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED_MODELS = {"bundled": ASSETS / "bundled", "testbed": ASSETS / "testbed"}
+RECIPES = {"bundled": "bundled.yaml", "testbed": "testbed.yaml"}
+
+
+def shipped_folder(name: str) -> Path:
+  """The folder of a shipped model; FileNotFoundError (naming the recipe that makes it) when it is missing."""
+  folder = SHIPPED_MODELS[name]
+  if not (folder / "params.safetensors").is_file():
+    raise FileNotFoundError(f"the {name} model is missing from {folder}; train it with `dlm train --config "
+                            f"configs/{RECIPES[name]}` or pass --model")
+  return folder
+
+
+def load_named(path: str | None, dtype: str | None = None, *, with_tokenizer: bool = False,
+               default: str = "bundled"):
+  """A shipped model's name, a model folder or a hub id -> (model, name) or, with_tokenizer, (model, name, HF
+  tokenizer or None for the character tokenizer).  Under a current mesh (`dlm.parallel.use_mesh`, the CLI's
+  `--mesh`) the weights go straight onto it (dlm/parallel/rules.py)."""
+  from dlm.io.params import load_model
+  from dlm.parallel.mesh import current_mesh
+  path = default if path is None else path
+  if path in SHIPPED_MODELS:
+    model, name, tokenizer = load_model(shipped_folder(path), dtype=dtype, mesh=current_mesh()), path, None
+  else:
+    import dlm
+    model, tokenizer = dlm.load(path, mesh=current_mesh(), **({} if dtype is None else {"dtype": dtype}))
+    name = path
+  return (model, name, tokenizer) if with_tokenizer else (model, name)
