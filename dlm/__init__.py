@@ -20,8 +20,9 @@ def load(path_or_hub_id: str | os.PathLike, **kwargs):
     `dlm convert` of a Hugging Face folder): `dlm.io.load_model(folder, **kwargs)` (kwargs: dtype);
   - a sharded checkpoint written by `dlm.parallel.save_sharded` / `dlm convert --sharded` (orbax; kwargs: dtype,
     mesh: restored straight onto the mesh, whatever mesh it was saved from);
-  - otherwise a LLaDA or Dream Hugging Face folder or a hub id in the local HF cache:
-    `dlm.io.load_hf(path_or_hub_id, **kwargs)` (kwargs: dtype, param_dtype, mesh, shardings, max_len).
+  - otherwise a LLaDA or Dream Hugging Face folder, or a hub id `org/name[@revision]` (read from the local
+    Hugging Face cache, downloaded into it when missing: dlm.io.hub): `dlm.io.load_hf(path_or_hub_id, **kwargs)`
+    (kwargs: dtype, param_dtype, mesh, shardings, max_len, revision, token, local_files_only).
 
   mesh=: every kind places its weights on that device mesh by dlm's sharding rules (dlm/parallel/rules.py).
 

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -52,3 +53,78 @@ def test_cli_sample_and_errors(task_model, tmp_path, capsys):
   assert out.count("nfe=8") == 2
   assert cli.main(["sample", "--model", str(tmp_path / "m"), "--task", "add", "--sampler", "nope"]) == 2
   assert "unknown sampler" in capsys.readouterr().err
+
+
+def test_cells_are_keyed_by_weights_dtype_and_head(task_model, tmp_path):
+  """A cell made with other weights (the same model name), another dtype or another head is never reused."""
+  from dlm.eval.fingerprint import model_fingerprint, tree_fingerprint
+  from flax import nnx
+  cells = tmp_path / "cells"
+  grid = [GridEntry("low_confidence", (("steps", "G"),))]
+  run = lambda model: compare(model, grid, ["add"], n=4, batch=4, progress=False, cells_dir=cells,  # noqa: E731
+                              model_name="same-name")
+  first = run(task_model)
+  assert len(list(cells.glob("*.json"))) == 1
+  assert run(task_model) == first and len(list(cells.glob("*.json"))) == 1  # the same weights: reused
+  other = init_model(task_model.cfg, seed=1)
+  run(other)
+  assert len(list(cells.glob("*.json"))) == 2  # other weights at the same name: recomputed
+  half = init_model(task_model.cfg.replace(dtype="bfloat16"), seed=0)
+  assert model_fingerprint(half) != model_fingerprint(task_model)
+  run(half)
+  assert len(list(cells.glob("*.json"))) == 3
+  # a head's weights enter through the sampler's parameters: one changed value changes the fingerprint
+  params = nnx.state(task_model, nnx.Param)
+  bumped = jax.tree.map(lambda x: x.at[(0,) * x.ndim].add(1) if x.size else x, params)
+  assert tree_fingerprint(params) != tree_fingerprint(bumped)
+  assert tree_fingerprint(params) == tree_fingerprint(jax.tree.map(lambda x: x + 0, params))
+
+
+def test_tps_times_only_compiled_warm_runs(task_model, monkeypatch):
+  """The warm-up is the first timed call itself (same padded shape, same key derivation), so no compile lands in
+  the timed runs, also when n is below the batch (the last batch is padded, never a new shape)."""
+  from jax import monitoring
+  from dlm.eval import compare as compare_module
+  compiles, timed = [], {"on": False}
+  calls = []
+
+  def listener(event, duration, **kw):
+    if event == "/jax/core/compile/backend_compile_duration" and timed["on"]:
+      compiles.append(duration)
+
+  real = compare_module.generate
+
+  def spy(model, p, v, **kw):
+    timed["on"] = bool(calls)  # every call after the first (the warm-up) is timed
+    calls.append(p.shape)
+    try:
+      return real(model, p, v, **kw)
+    finally:
+      timed["on"] = False
+
+  monkeypatch.setattr(compare_module, "generate", spy)
+  monitoring.register_event_duration_secs_listener(listener)
+  try:
+    for n in (3, 10):  # below the batch, and a short last batch
+      calls.clear()
+      grid = GridEntry("low_confidence", (("steps", 3),))
+      compare_module.run_one(task_model, compare_module.get_task("add"), grid, n=n, batch=4, seed=n,
+                             block_length=None, stop_at_eos=False, model_name="m")
+      assert len(set(calls)) == 1 and calls[0][0] == 4, calls
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
+  assert compiles == []
+
+
+def test_table_shows_settings_that_differ_from_defaults_uncut():
+  from dlm.eval.compare import format_table
+  base = dict(task="sudoku6", score=0.5, score_ci95=0.1, nfe_mean=10.0, batch_nfe_mean=10.0, tpf=2.0, tps=5.0,
+              reference_score=1.0)
+  rows = [dict(base, sampler="adjust", settings=dict(tokens_per_step=4, schedule="dream", use_marginals=use,
+                                                      head="testbed", temperature=0.0, top_p=1.0), label="")
+          for use in (True, False)]
+  table = format_table(rows).splitlines()
+  texts = [line for line in table if line.startswith("sudoku6")]
+  assert len(texts) == 2 and texts[0] != texts[1]
+  assert "use_marginals=True" in texts[0] + texts[1] and "use_marginals=False" not in texts[0] + texts[1]
+  assert all("head=testbed" not in t for t in texts)  # a default is not repeated on every row

@@ -330,9 +330,10 @@ def test_imports_stay_light():
 
 def test_hub_id_resolves_through_cache_and_fails_fast(tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # downloads: tests/test_hub.py, against a loopback hub
   for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
     monkeypatch.delenv(var, raising=False)
-  with pytest.raises(FileNotFoundError, match="huggingface-cli download GSAI-ML/LLaDA-8B-Instruct"):
+  with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set.*hf download GSAI-ML/LLaDA-8B-Instruct"):
     load_hf("GSAI-ML/LLaDA-8B-Instruct")
   repo = tmp_path / "hf_home" / "hub" / "models--GSAI-ML--LLaDA-8B-Instruct"
   write_checkpoint(repo / "snapshots" / "abc123", "llada")

@@ -83,7 +83,7 @@ def model_source(text: str) -> str:
       raise argparse.ArgumentTypeError(f"expected a model folder with config.json, {text} is a file")
     return text
   if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-    return text  # a hub id; dlm.io says at once if it is not in the local cache
+    return text  # a hub id: read from the local cache or downloaded (dlm.io.hub)
   raise argparse.ArgumentTypeError(f"expected {' or '.join(BUNDLED_MODELS)}, a model folder or a hub id org/name; "
                                    f"{text} does not exist")
 
@@ -140,6 +140,31 @@ def _settings(pairs, flag: str = "--set") -> dict:
     k, v = pair.split("=", 1)
     out[k] = _parse_value(v)
   return out
+
+
+def writable_dir(path: str | None, flag: str = "--out") -> None:
+  """Check, before any work, that `path` is (or can become) a folder this process can write into."""
+  if path is None:
+    return
+  folder = Path(path)
+  if folder.exists() and not folder.is_dir():
+    raise ValueError(f"{flag} {path}: expected a folder, it is a file")
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    import tempfile
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".dlm-write-check-"):
+      pass
+  except OSError as e:
+    raise ValueError(f"{flag} {path}: not writable ({e.strerror or type(e).__name__}); choose another folder") from None
+
+
+def writable_file(path: str | None, flag: str = "--out") -> None:
+  """Check, before any work, that the file `path` can be written (its folder is writable; it is not a folder)."""
+  if path is None:
+    return
+  if Path(path).is_dir():
+    raise ValueError(f"{flag} {path}: expected a file path, it is a folder")
+  writable_dir(str(Path(path).parent), flag=f"{flag} {path}: its folder")
 
 
 def _load_model(path: str | None, dtype: str | None, *, with_tokenizer: bool = False, default: str = "bundled"):
@@ -232,7 +257,11 @@ def run_main(parser: argparse.ArgumentParser, argv=None) -> int:
     with _scaled_run(args):
       args.fn(args)
   except KeyboardInterrupt:
-    raise
+    if debug:
+      raise
+    print(f"dlm {args.command}: interrupted; what had finished is kept (results, cells, checkpoints, stores are "
+          "written atomically): rerun the same command to resume", file=sys.stderr)
+    return 130
   except Exception as e:  # library errors: one line, the traceback only with --debug
     if debug:
       raise

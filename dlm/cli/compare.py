@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dlm.cli.common import (_check_head, _grid_from_args, _load_model, _print_records, _with_head, add_common, add_scaled,
-                             cache_name, existing_dir, existing_file, packaged_config, positive_int, sampler_name,
-                             task_name)
+from dlm.cli.common import (_check_head, _grid_from_args, _load_model, _print_records, _with_head, add_common,
+                            add_scaled, cache_name, existing_dir, existing_file, packaged_config, positive_int,
+                            sampler_name, task_name, writable_dir)
 
 # `dlm compare` with no --model/--tasks: the testbed model on the short tasks and the long ones (gen 128/81/128).
 DEFAULT_COMPARE_MODEL = "testbed"
@@ -20,6 +20,11 @@ def cmd_compare(args):
   if args.head:
     grid = [_with_head(entry, args.head) for entry in grid]
   check_grid(grid)  # unknown samplers and settings fail before the model loads
+  if args.out:
+    writable_dir(args.out)
+    from dlm.parallel.distributed import is_primary
+    if is_primary():
+      _claim_out(Path(args.out), args, grid)
   model, name = _load_model(args.model, args.dtype, default=DEFAULT_COMPARE_MODEL)
   if args.head:
     _check_head(args.head, name)
@@ -34,6 +39,28 @@ def cmd_compare(args):
   if args.out:
     write_results(records, args.out)
     print(f"wrote {Path(args.out) / 'results.json'}, aup.json and frontier.png")
+
+
+def _claim_out(out: Path, args, grid) -> None:
+  """Refuse a folder that holds another run (a `dlm run` experiment, or a compare of other models, tasks, grid or
+  options) unless --overwrite; the same command again reuses its finished cells.  Writes out/compare.json, the
+  run's identity."""
+  import json
+  from dlm.eval.experiment import grid_as_yaml
+  from dlm.io.params import atomic_write
+  identity = dict(kind="compare", model=args.model or DEFAULT_COMPARE_MODEL, dtype=args.dtype, tasks=list(args.tasks),
+                  grid=grid_as_yaml(grid), n=args.n, batch=args.batch, seed=args.seed, block_length=args.block_length,
+                  stop_at_eos=args.stop_at_eos, cache=args.cache, head=args.head)
+  marker = out / "compare.json"
+  if not args.overwrite:
+    if (out / "config.yaml").is_file():
+      raise ValueError(f"--out {out} holds a `dlm run` experiment; use another folder, or --overwrite")
+    previous = json.loads(marker.read_text()) if marker.is_file() else None
+    if (out / "results.json").is_file() and previous != json.loads(json.dumps(identity)):
+      raise ValueError(f"--out {out} holds the results of another compare (other models, tasks, grid or options); "
+                       "use another folder, or --overwrite")
+  body = json.dumps(identity, indent=1)
+  atomic_write(marker, lambda tmp: Path(tmp).write_text(body))
 
 
 def add_parser(sub):
@@ -51,6 +78,8 @@ def add_parser(sub):
   p.add_argument("--stop-at-eos", action="store_true")
   p.add_argument("--cache", default="none", type=cache_name_, help="none | prefix | dual | window")
   p.add_argument("--out", default=None, help="folder for results.json and frontier.png")
+  p.add_argument("--overwrite", action="store_true",
+                 help="let --out replace another run's results (default: refuse a folder that holds one)")
   p.add_argument("--head", default=None, type=existing_dir,
                  help="a trained head folder for the samplers that read one (learn2pd, adjust)")
   add_scaled(p)

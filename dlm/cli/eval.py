@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from dlm.cli.common import (_grid_from_args, _load_model, add_common, add_scaled, existing_file, nonnegative_int,
-                             positive_float, positive_int, sampler_name)
+                            positive_float, positive_int, sampler_name, writable_dir)
 
 def cmd_eval(args):
   from dlm.eval.benchmarks import evaluate, format_summaries
   from dlm.eval.compare import check_grid, label
   from dlm.eval.text import TextModel
   from dlm.samplers import make_sampler
+  writable_dir(args.out)
   grid = _grid_from_args(args.sampler, args.set, args.grid)
   check_grid(grid)
   samplers = []

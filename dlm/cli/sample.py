@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from dlm.cli.common import (_check_head, _load_model, _settings, add_common, add_scaled, existing_dir, positive_int,
-                             sampler_name, task_name)
+                            sampler_name, task_name, writable_file)
 
 def cmd_sample(args):
   import jax
@@ -15,6 +15,7 @@ def cmd_sample(args):
   from dlm.samplers import make_sampler
   from dlm.tasks import TESTBED_TASKS, TOKENIZER, get_task
   default = "testbed" if args.task in TESTBED_TASKS else "bundled"
+  writable_file(args.out)
   model, model_name, hf_tokenizer = _load_model(args.model, args.dtype, with_tokenizer=True, default=default)
   if args.head:
     _check_head(args.head, model_name)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dlm.cli.common import (_load_model, existing_dir, model_source, nonnegative_int, positive_float, positive_int)
+from dlm.cli.common import _load_model, existing_dir, model_source, nonnegative_int, positive_float, positive_int
+
+
+def _num(value, digits: int = 4) -> str:
+  """A metric for the summary line; None (no step ran in this call: the head was already trained) as 'n/a'."""
+  return "n/a" if value is None else f"{value:.{digits}f}"
+
 
 def cmd_train_head(args):
   if args.kind == "joint":
@@ -15,9 +21,9 @@ def cmd_train_head(args):
   info = train_filter(args.data[0], args.out, steps=args.steps or 3000, lr=args.lr or 3e-3, tau=args.tau,
                       seed=args.seed)
   m = info["metrics"]
-  print(f"filter for blocks of {info['block_length']}: BCE {m['loss_first']:.4f} -> {m['loss_last']:.4f}, "
-        f"held-out BCE {m['held_bce']:.4f}, false-positive rate at tau={m['tau']} {m['held_fpr_at_tau']:.3f} "
-        f"({m['wall_s']:.1f} s); wrote {Path(args.out) / 'head.json'}")
+  print(f"filter for blocks of {info['block_length']}: BCE {_num(m['loss_first'])} -> {_num(m['loss_last'])}, "
+        f"held-out BCE {_num(m['held_bce'])}, false-positive rate at tau={m['tau']} {_num(m['held_fpr_at_tau'], 3)} "
+        f"({m['wall_s']:.1f} s); {Path(args.out) / 'head.json'} (trained to step {info.get('step')})")
 
 
 def _train_joint(args):
@@ -31,7 +37,7 @@ def _train_joint(args):
   info = train_joint(args.data, args.out, model, model_name=str(name), steps=args.steps or 2000, batch=args.batch,
                      lr=args.lr or 1e-3, speculation=args.speculation, seed=args.seed)
   m = info["metrics"]
-  print(f"ADJUST layer ({info['parameters']} parameters): KL {m['loss_first']:.4f} -> {m['loss_last']:.4f} "
+  print(f"ADJUST layer ({info['parameters']} parameters): KL {_num(m['loss_first'])} -> {_num(m['loss_last'])} "
         f"({m['wall_s']:.1f} s); held-out KL by unroll depth (layer vs marginals): "
         + json.dumps({k: [round(v["kl"], 4), round(v["naive_kl"], 4)] for k, v in m["held_out"].items()})
         + f"; wrote {Path(args.out) / 'head.json'}")

@@ -68,19 +68,38 @@ HEAD_CHOICES = ("auto",) + IMPLEMENTATIONS
 ATTENTION_CHOICES = ("auto",) + ATTENTION_IMPLS
 
 
+@functools.cache
+def _device_defaults() -> dict:
+  import json
+  from importlib import resources
+  try:
+    return json.loads(resources.files("dlm.kernels").joinpath("device_defaults.json").read_text())
+  except (FileNotFoundError, ValueError):
+    return {}
+
+
+def device_default(kind: str) -> str:
+  """What `head="auto"` / `attention="auto"` (kind "head" / "attention") run on this backend: the choice
+  scripts/device_check.py measured there and stored in kernels/device_defaults.json, else the chunked XLA head and
+  XLA attention (which run everywhere; docs/perf.md)."""
+  fallback = {"head": "chunked", "attention": "xla"}[kind]
+  choice = _device_defaults().get(jax.default_backend(), {}).get(kind, fallback)
+  return choice if choice in (IMPLEMENTATIONS if kind == "head" else ATTENTION_IMPLS) else fallback
+
+
 def resolve_head(head: str) -> str:
-  """'auto' -> the implementation the engine uses by default: the chunked XLA head on every backend (the Pallas
-  kernels are opt-in until they are measured on the device, see docs/perf.md)."""
+  """'auto' -> the implementation measured best on this backend by scripts/device_check.py (`device_default`);
+  the chunked XLA head where nothing was measured."""
   if head not in HEAD_CHOICES:
     raise ValueError(f"head={head!r}; expected one of {HEAD_CHOICES}")
-  return "chunked" if head == "auto" else head
+  return device_default("head") if head == "auto" else head
 
 
 def resolve_attention(attention: str) -> str:
-  """'auto' -> 'xla' on every backend: cuDNN and splash are opt-in until they are measured on a device."""
+  """'auto' -> the backend measured best on this backend by scripts/device_check.py; 'xla' where nothing was."""
   if attention not in ATTENTION_CHOICES:
     raise ValueError(f"attention={attention!r}; expected one of {ATTENTION_CHOICES}")
-  return "xla" if attention == "auto" else attention
+  return device_default("attention") if attention == "auto" else attention
 
 
 def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window, max_nfe):

@@ -113,6 +113,10 @@ def check_grid(grid: list[GridEntry]) -> None:
                        f"{sorted(fields)} (engine options per entry: {list(ENGINE_OPTIONS)})")
     for task in entry.tasks or ():
       get_task(task)  # one-line error naming the unknown task
+    try:  # every setting's own check (types, ranges, head folders) before any model loads
+      make_sampler(entry.sampler, **entry.resolve(256))
+    except (ValueError, FileNotFoundError) as e:
+      raise ValueError(f"grid entry {entry.sampler!r} {dict(entry.settings)}: {e}") from None
     engine = dict(entry.engine)
     if "cache" in engine and engine["cache"] not in CACHE_POLICIES:
       raise ValueError(f"grid entry {entry.sampler!r}: cache={engine['cache']!r}; expected one of {CACHE_POLICIES}")
@@ -145,9 +149,10 @@ def pad_batch(batch: int, *arrays):
   return tuple(np.concatenate([a, np.repeat(a[-1:], batch - len(a), 0)]) if len(a) < batch else a for a in arrays)
 
 
-def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, block_length: int | None,
-            stop_at_eos: bool, model_name: str, cache: str = "none") -> dict:
-  """One grid entry on one task.  block_length None: the task's own block (`Task.block_length`), else one block."""
+def cell_setup(task, entry: GridEntry, *, block_length: int | None, stop_at_eos: bool, cache: str = "none"):
+  """-> (sampler, engine options) of one grid entry on one task: the entry's settings resolved against the task
+  (its `G` forms, the task's sampler defaults) and its engine overrides applied.  block_length None: the task's
+  own block (`Task.block_length`), else one block."""
   engine = dict(entry.engine)
   cache = engine.get("cache", cache)
   stop_at_eos = engine.get("stop_at_eos", stop_at_eos)
@@ -162,6 +167,19 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
       settings.setdefault(name, value)
   sampler = make_sampler(entry.sampler, **settings)
   block = gen_length if block_length is None else min(block_length, gen_length)
+  return sampler, dict(gen_length=gen_length, block_length=block, stop_at_eos=stop_at_eos, cache=cache)
+
+
+def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, block_length: int | None,
+            stop_at_eos: bool, model_name: str, cache: str = "none") -> dict:
+  """One grid entry on one task.  block_length None: the task's own block (`Task.block_length`), else one block.
+
+  TPS times only compiled, warmed runs: the first batch runs once untimed exactly as it is then timed (the same
+  padded shape, the same key derivation), so neither the compile nor any one-off dispatch lands in `wall_s`;
+  `compile_s` reports that first run apart."""
+  sampler, options = cell_setup(task, entry, block_length=block_length, stop_at_eos=stop_at_eos, cache=cache)
+  gen_length, block = options["gen_length"], options["block_length"]
+  stop_at_eos, cache = options["stop_at_eos"], options["cache"]
   exs = task.examples(n, seed=seed)
   prompts, valid, reference_answers = task.encode(exs)
   key = jax.random.key(seed)
@@ -171,16 +189,17 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
                    stop_at_eos=stop_at_eos, cache=cache)
     return jax.block_until_ready(out)
 
+  batches = []
+  for i in range(0, n, batch):  # every batch padded to `batch` rows: one compiled program for the cell
+    p, v = pad_batch(batch, prompts[i:i + batch], valid[i:i + batch])
+    batches.append((min(batch, n - i), p, v, jax.block_until_ready(jax.random.fold_in(key, i))))
   t0 = time.perf_counter()
-  run(prompts[:batch], valid[:batch], key)  # compile + warm up on the timed shapes
+  run(*batches[0][1:])  # compile + warm up: the first timed call, untimed
   compile_s = time.perf_counter() - t0
   answers, nfe, gen_tokens, batch_nfe, wall, extras = [], [], [], [], 0.0, {}
-  for i in range(0, n, batch):
-    p, v = prompts[i:i + batch], valid[i:i + batch]
-    rows = len(p)
-    p, v = pad_batch(batch, p, v)
+  for rows, p, v, k in batches:
     t0 = time.perf_counter()
-    out = run(p, v, jax.random.fold_in(key, i))
+    out = run(p, v, k)
     wall += time.perf_counter() - t0
     answers.append(np.asarray(out.answers)[:rows])
     nfe.append(np.asarray(out.nfe)[:rows])
@@ -251,11 +270,28 @@ def summarize_extras(model, extras: dict, nfe, length: int) -> dict:
 
 
 def cell_key(entry: GridEntry, task: str, **options) -> str:
-  """A stable name for one cell (model, task, grid entry, run options) of a grid: its results file's stem."""
+  """A stable name for one cell of a grid (its results file's stem), from everything that changes its result:
+  the grid entry, the task and every run option the caller passes (compare passes the weights' and the sampler
+  parameters' fingerprints, the resolved sampler settings, n, batch, seed, the engine options and dlm's version)."""
   import hashlib
   blob = json.dumps({"sampler": entry.sampler, "settings": entry.settings, "engine": entry.engine, "task": task,
                      **options}, sort_keys=True, default=str)
   return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _cell_identity(model_fp: str, task, entry: GridEntry, *, block_length, stop_at_eos, cache) -> dict:
+  """What a cell's result depends on beyond the grid entry and the run options: the resolved sampler (settings
+  and the fingerprint of its traced parameters: a learned head's or APD's AR model's weights) and the engine
+  options it runs with."""
+  from dlm.eval.fingerprint import dlm_version, tree_fingerprint
+  try:
+    sampler, engine = cell_setup(task, entry, block_length=block_length, stop_at_eos=stop_at_eos, cache=cache)
+    params = tree_fingerprint(sampler.default_params(engine["gen_length"], engine["block_length"]))
+    settings = sampler.settings()
+  except (ValueError, FileNotFoundError) as e:  # run_one reports it; the key only has to be stable
+    params, settings, engine = f"unbuildable: {e}", {}, {}
+  return dict(weights=model_fp, sampler_params=params, resolved=settings, engine_options=engine,
+              dlm=dlm_version())
 
 
 def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batch: int = 32, seed: int = 0,
@@ -265,17 +301,27 @@ def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batc
   (one JSON file per cell, through a temporary file and a rename) and a cell already there is read instead of
   run: a rerun skips finished cells, and a cell that was interrupted runs again from its start."""
   from dlm.io.params import atomic_write
+  check_run_options(n=n, batch=batch, seed=seed, block_length=block_length, stop_at_eos=stop_at_eos, cache=cache)
   for t in tasks:
     check_task_fits(model, get_task(t))
   jobs = [(get_task(t), e) for t in tasks for e in grid if e.runs_on(t)]
+  if not jobs:
+    raise ValueError(f"no grid entry runs on the tasks {list(tasks)} (each entry's `tasks` excludes them)")
+  skipped = []
   records = []
+  model_fp = None
+  if cells_dir is not None:
+    from dlm.eval.fingerprint import model_fingerprint
+    model_fp = model_fingerprint(model)  # weights and dtype: a cell made with other weights is not reused
   bar = tqdm(jobs, disable=not progress, desc="compare")
   for task, entry in bar:
     bar.set_postfix(task=task.name, sampler=entry.sampler)
     path = None
     if cells_dir is not None:
+      identity = _cell_identity(model_fp, task, entry, block_length=block_length, stop_at_eos=stop_at_eos,
+                                cache=cache)
       key = cell_key(entry, task.name, model=str(model_name), n=n, batch=batch, seed=seed,
-                     block_length=block_length, stop_at_eos=stop_at_eos, cache=cache)
+                     block_length=block_length, stop_at_eos=stop_at_eos, cache=cache, **identity)
       path = Path(cells_dir) / f"{key}.json"
       if path.is_file():
         records.append(json.loads(path.read_text()))
@@ -285,28 +331,60 @@ def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batc
                        stop_at_eos=stop_at_eos, model_name=model_name, cache=cache)
     except ValueError as e:  # a setting that does not fit this task's canvas (e.g. steps vs blocks)
       bar.write(f"skipped {entry.sampler} {dict(entry.settings)} on {task.name}: {e}")
+      skipped.append(f"{entry.sampler} on {task.name}: {e}")
       continue
     records.append(record)
     if path is not None:
       body = json.dumps(record, indent=1, default=str)
       atomic_write(path, lambda tmp: Path(tmp).write_text(body))
+  if not records:  # an empty table is an error, never a result
+    raise ValueError(f"no cell could run ({len(skipped)} skipped); the first: {skipped[0]}")
   return records
+
+
+def check_run_options(*, n, batch, seed, block_length, stop_at_eos, cache) -> None:
+  """The run options of compare / an experiment file, in one line each (before any model loads)."""
+  def positive(name, value, allow_none=False):
+    if allow_none and value is None:
+      return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{name}={value!r}; expected a positive integer" + (" or null" if allow_none else ""))
+  positive("n", n)
+  positive("batch", batch)
+  positive("block_length", block_length, allow_none=True)
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise ValueError(f"seed={seed!r}; expected an integer >= 0")
+  if not isinstance(stop_at_eos, bool):
+    raise ValueError(f"stop_at_eos={stop_at_eos!r}; expected true or false")
+  if cache not in CACHE_POLICIES:
+    raise ValueError(f"cache={cache!r}; expected one of {CACHE_POLICIES}")
+
+
+def shown_settings(record: dict) -> str:
+  """The settings that tell a record apart: those that differ from its sampler's defaults, then the engine
+  overrides of its grid entry; never cut (a prefix could make two rows read the same)."""
+  cls = SAMPLERS.get(record["sampler"])
+  defaults = {} if cls is None else {f.name: f.default for f in dataclasses.fields(cls)
+                                     if f.default is not dataclasses.MISSING}
+  shown = {k: v for k, v in record["settings"].items() if k not in defaults or defaults[k] != v}
+  engine = [k for k in ENGINE_OPTIONS if f"{k}=" in record.get("label", "")]
+  shown.update({k: record[k] for k in engine})
+  return ",".join(f"{k}={v}" for k, v in shown.items()) or "(defaults)"
 
 
 def format_table(records: list[dict]) -> str:
   """One line per record, sorted by task (in run order) then NFE; `dist` is the HMM distribution distance."""
-  head = (f"{'task':<12} {'sampler':<16} {'settings':<34} {'score':>7} {'±95%':>6} {'NFE':>6} {'bNFE':>6} "
+  texts = {id(r): shown_settings(r) for r in records}
+  width = max([34, *map(len, texts.values())])
+  head = (f"{'task':<12} {'sampler':<16} {'settings':<{width}} {'score':>7} {'±95%':>6} {'NFE':>6} {'bNFE':>6} "
           f"{'TPF':>5} {'TPS':>8} {'dist':>6}")
   lines = [head, "-" * len(head)]
   order = {t: i for i, t in enumerate(dict.fromkeys(r["task"] for r in records))}
   for r in sorted(records, key=lambda r: (order[r["task"]], r["nfe_mean"])):
-    shown = {k: v for k, v in r["settings"].items() if k not in ("cfg_scale",) and v not in (None, False)}
-    engine = [k for k in ENGINE_OPTIONS if f"{k}=" in r.get("label", "")]
-    shown.update({k: r[k] for k in engine})
-    text = ",".join(f"{k}={v}" for k, v in shown.items())[:34]
     dist = f"{r['distribution']['distance']:>6.3f}" if r.get("distribution") else ""
-    lines.append(f"{r['task']:<12} {r['sampler']:<16} {text:<34} {r['score']:>7.3f} {r['score_ci95']:>6.3f} "
-                 f"{r['nfe_mean']:>6.1f} {r['batch_nfe_mean']:>6.1f} {r['tpf']:>5.2f} {r['tps']:>8.1f} {dist}")
+    lines.append(f"{r['task']:<12} {r['sampler']:<16} {texts[id(r)]:<{width}} {r['score']:>7.3f} "
+                 f"{r['score_ci95']:>6.3f} {r['nfe_mean']:>6.1f} {r['batch_nfe_mean']:>6.1f} {r['tpf']:>5.2f} "
+                 f"{r['tps']:>8.1f} {dist}")
   for task in dict.fromkeys(r["task"] for r in records):
     ref = next(r["reference_score"] for r in records if r["task"] == task)
     if ref != 1.0:

@@ -57,10 +57,27 @@ def load_experiment(path) -> dict:
     grid = parse_grid(grid_spec, path)
   check_grid(grid)
   options = {k: spec.get(k, v) for k, v in DEFAULTS.items()}
+  from dlm.eval.compare import check_run_options
+  try:
+    check_run_options(**options)
+  except ValueError as e:
+    raise ValueError(f"experiment {path}: {e}") from None
   if spec.get("mesh") is not None:
     from dlm.parallel.mesh import MeshSpec
     options["mesh"] = str(MeshSpec.parse(str(spec["mesh"])))
   return {"models": [str(m) for m in models], "tasks": [str(t) for t in tasks], "grid": grid, **options}
+
+
+def check_model_source(name: str) -> None:
+  """A model entry must be a shipped model's name, an existing folder or a hub id org/name (checked before the
+  experiment's folder is written, so a typo does not lock it)."""
+  from dlm.io.shipped import SHIPPED_MODELS
+  if name in SHIPPED_MODELS or Path(name).expanduser().is_dir():
+    return
+  import re
+  if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?", name) and not Path(name).expanduser().exists():
+    return
+  raise ValueError(f"model {name!r}: expected {' or '.join(SHIPPED_MODELS)}, a model folder or a hub id org/name")
 
 
 def environment() -> dict:
@@ -109,9 +126,19 @@ def run_experiment(path, out, *, progress: bool = True, load=None) -> list[dict]
   out = Path(out)
   resolved = {"models": spec["models"], "tasks": spec["tasks"], "grid": grid_as_yaml(spec["grid"]),
               **{k: spec[k] for k in (*DEFAULTS, "mesh") if k in spec}}
+  if load is None:
+    for name in spec["models"]:
+      check_model_source(name)
   config = out / "config.yaml"
-  if config.is_file() and yaml.safe_load(config.read_text()) != resolved:
-    raise ValueError(f"{out} holds another experiment (its config.yaml differs); use another --out folder")
+  if config.is_file():
+    # A rerun may add (or drop) models, tasks and grid entries: every cell is keyed by what makes its result, so
+    # finished cells are reused and new ones run.  Options that change every cell make it another experiment.
+    previous = yaml.safe_load(config.read_text()) or {}
+    changed = sorted(k for k in (*DEFAULTS, "mesh")
+                     if previous.get(k, DEFAULTS.get(k)) != resolved.get(k, DEFAULTS.get(k)))
+    if changed:
+      raise ValueError(f"{out} holds another experiment (its config.yaml differs in {changed}); use another --out "
+                       "folder")
   atomic_write(config, lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
   atomic_write(out / "environment.json", lambda tmp: Path(tmp).write_text(json.dumps(environment(), indent=1)))
   if load is None:

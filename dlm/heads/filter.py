@@ -77,9 +77,23 @@ def false_positive_rate(params, conf, label, tau: float) -> float:
   return float((accept & negatives).sum() / max(negatives.sum(), 1))
 
 
+def finished_head(out, steps: int) -> dict | None:
+  """head.json of a head already trained to `steps` in `out` (a rerun reports it and leaves it intact), else None."""
+  info_path = Path(out) / "head.json"
+  if not info_path.is_file():
+    return None
+  info = json.loads(info_path.read_text())
+  done = int(info.get("step", info.get("steps", 0)) or 0)  # the filter records "step", the joint layer "steps"
+  metrics = info.get("metrics") or {}
+  return info if done >= steps and metrics.get("loss_last") is not None else None
+
+
 def train_filter(data, out, *, steps: int = 3000, lr: float = 3e-3, tau: float = 0.96, seed: int = 0,
                  ckpt_every: int = 500, progress: bool = True) -> dict:
   """Train the filter on a collected store (`data` folder) into `out`; resumes from out/ckpt.  -> head.json."""
+  finished = finished_head(out, steps)
+  if finished is not None:  # a rerun of a finished command: report the head, leave it intact
+    return finished
   store = open_store(data)
   if store.meta.get("kind") != "egp":
     raise ValueError(f"{data} holds {store.meta.get('kind')!r} data; the filter trains on `dlm collect` EGP data")

@@ -230,6 +230,10 @@ def train_joint(data, out, model: Transformer, *, model_name: str, steps: int = 
   import orbax.checkpoint as ocp
   from dlm.heads.store import open_store
   from dlm.train.loop import checkpoint_manager
+  from dlm.heads.filter import finished_head
+  finished = finished_head(out, steps)
+  if finished is not None:  # a rerun of a finished command: report the head, leave it intact
+    return finished
   folders = [data] if isinstance(data, (str, Path)) else list(data)
   if steps <= 0 or ckpt_every <= 0 or batch <= 0 or speculation <= 0:
     raise ValueError(f"steps={steps}, ckpt_every={ckpt_every}, batch={batch} and speculation={speculation} must "

@@ -20,7 +20,7 @@ from dlm.io.tokenizer import TOKENIZER_FILES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("src", help="Hugging Face model folder or hub id in the local cache (with --to-hf: a dlm "
+  parser.add_argument("src", help="Hugging Face model folder or hub id (downloaded when not cached; with --to-hf: a dlm "
                       "params folder)")
   parser.add_argument("out", help="output folder (must not exist unless --overwrite)")
   parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"),

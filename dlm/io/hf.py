@@ -1,6 +1,6 @@
 """Hugging Face model folders <-> dlm networks: LLaDA (OLMo-style names) and Dream (Qwen2-style names).
 
-    model, tokenizer = load_hf("path/to/LLaDA-8B-Instruct")        # or a hub id found in the local HF cache
+    model, tokenizer = load_hf("path/to/LLaDA-8B-Instruct")        # or a hub id (downloaded once, then cached)
     export_hf(model, "out/my-llada", tokenizer_dir="path/to/LLaDA-8B-Instruct")
 
 Loading reads `config.json`, recognises the architecture, checks every tensor's name and shape against the
@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from dlm.io import safetensors_stream as st
+from dlm.io.hub import hub_cache_dir
 from dlm.io.tokenizer import TOKENIZER_FILES, HFTokenizer
 from dlm.model.config import ModelConfig
 from dlm.model.transformer import Transformer, layer_path, per_layer_shapes
@@ -54,23 +55,14 @@ def _listing(names, limit: int = 12) -> str:
 # -- locating a model ----------------------------------------------------------------------------------------------
 
 
-def hub_cache_dir() -> Path:
-  """The Hugging Face hub cache, following huggingface_hub's environment variables."""
-  for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-    if os.environ.get(var):
-      return Path(os.environ[var]).expanduser()
-  if os.environ.get("HF_HOME"):
-    return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-  xdg = os.environ.get("XDG_CACHE_HOME")
-  return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "hub"
-
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
-def resolve_model_path(path_or_hub_id: str | os.PathLike) -> Path:
-  """A local folder as is; a hub id `org/name[@revision]` through the local Hugging Face cache.  Never uses the
-  network: a hub id not in the cache fails at once with instructions."""
+def resolve_model_path(path_or_hub_id: str | os.PathLike, *, revision: str | None = None,
+                       token: str | bool | None = None, local_files_only: bool = False) -> Path:
+  """A local folder as is; a hub id `org/name[@revision]`: a complete snapshot already in the local Hugging Face
+  cache (no network), else downloaded into it with huggingface_hub (dlm.io.hub.hub_snapshot: only the files a
+  model needs; HF_HUB_OFFLINE / local_files_only read the cache only)."""
   text = os.fspath(path_or_hub_id)
   local = Path(text).expanduser()
   if local.exists():
@@ -78,10 +70,19 @@ def resolve_model_path(path_or_hub_id: str | os.PathLike) -> Path:
       raise CheckpointError(f"{local} is a file; pass the model folder that holds config.json")
     return local
   if not _HUB_ID.match(text):
-    raise FileNotFoundError(f"{local} does not exist")
-  repo, _, revision = text.partition("@")
-  cache = hub_cache_dir()
-  repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    raise FileNotFoundError(f"{local} does not exist (and is not a hub id org/name)")
+  from dlm.io.hub import hub_snapshot, missing_weights
+  repo, _, at = text.partition("@")
+  revision = revision or at or None
+  cached = _cached_snapshot(repo, revision)
+  if cached is not None and not missing_weights(cached):
+    return cached
+  return hub_snapshot(repo, revision=revision, token=token, local_files_only=local_files_only)
+
+
+def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
+  """The snapshot of `repo` at `revision` (default: main, else the newest) in the local cache, or None."""
+  repo_dir = hub_cache_dir() / f"models--{repo.replace('/', '--')}"
   snapshots = repo_dir / "snapshots"
   ref = repo_dir / "refs" / (revision or "main")
   candidates = []
@@ -91,15 +92,7 @@ def resolve_model_path(path_or_hub_id: str | os.PathLike) -> Path:
     candidates.append(snapshots / revision)
   elif snapshots.is_dir():
     candidates += sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-  for snap in candidates:
-    if (snap / "config.json").is_file():
-      return snap
-  name = repo.split("/")[-1]
-  raise FileNotFoundError(
-      f"{text!r} is not a local folder and is not in the Hugging Face cache ({cache}); dlm never downloads. "
-      f"Fetch it once where there is network, e.g. `huggingface-cli download {repo} --local-dir ./{name}` "
-      f"(or `hf download`), then pass the folder: dlm.load('./{name}'), or set HF_HOME/HF_HUB_CACHE to the "
-      f"cache that holds it.")
+  return next((snap for snap in candidates if (snap / "config.json").is_file()), None)
 
 
 # -- config.json <-> ModelConfig --------------------------------------------------------------------------------
@@ -383,9 +376,14 @@ def _sharding_for(path: str, shape, mesh, shardings: ShardingSpec):
 
 
 def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param_dtype: str | None = None,
-            mesh: jax.sharding.Mesh | None = None, shardings: ShardingSpec = None, max_len: int | None = None
+            mesh: jax.sharding.Mesh | None = None, shardings: ShardingSpec = None, max_len: int | None = None,
+            revision: str | None = None, token: str | bool | None = None, local_files_only: bool = False
             ) -> tuple[Transformer, HFTokenizer | None]:
-  """Load a LLaDA or Dream Hugging Face folder (or cached hub id) as (network, tokenizer or None).
+  """Load a LLaDA or Dream Hugging Face folder or hub id as (network, tokenizer or None).
+
+  A hub id `org/name[@revision]` is read from the local Hugging Face cache, or downloaded into it first
+  (dlm.io.hub: only the files a model needs, with progress bars; revision / token / local_files_only as
+  huggingface_hub takes them, and HF_HUB_OFFLINE=1 reads the cache only).
 
   dtype: compute dtype; param_dtype: storage dtype of the parameters (defaults to dtype).
   max_len: override the config's length limit (see config_from_hf: Dream declares 131072 but was trained on
@@ -396,7 +394,7 @@ def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param
   shape [n_layers, ...]) or a function (path, shape) -> Sharding | None; parameters without one are replicated
   over `mesh` when a mesh is given, else placed on the default device.
   """
-  folder = resolve_model_path(path_or_hub_id)
+  folder = resolve_model_path(path_or_hub_id, revision=revision, token=token, local_files_only=local_files_only)
   cfg = config_from_hf(read_config(folder), dtype=dtype, param_dtype=param_dtype, max_len=max_len)
   if mesh is not None and shardings is None:
     from dlm.parallel.rules import loading_rule
