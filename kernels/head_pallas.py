@@ -236,7 +236,9 @@ def head_pallas(hidden, weight, request: HeadRequest, *, mask_id: int, seed=None
       kernel, grid=grid, in_specs=in_specs, out_specs=[row_spec(cols) for _, cols, _ in fields],
       out_shape=[jax.ShapeDtypeStruct((n_pad, cols), dt) for _, cols, dt in fields], interpret=interpret, **extra,
   )(*inputs)
-  acc = {name: (out[:n, 0] if cols == 1 else out[:n]) for (name, cols, _), out in zip(fields, outs)}
+  # Per-row scalars come back as [N_pad, 1] columns; the top-k fields keep their k axis even at k = 1.
+  acc = {name: (out[:n] if name in ("top_logits", "top_ids") else out[:n, 0])
+         for (name, _, _), out in zip(fields, outs)}
   if covered < vocab:  # the ragged remainder, reduced by the XLA code and merged
     rest = vocab - covered
     ids = covered + jnp.arange(rest, dtype=jnp.int32)

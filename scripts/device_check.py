@@ -96,7 +96,10 @@ def head_check(size: dict) -> dict:
     for impl in ("chunked", "pallas"):
       try:
         stats, fn = run(impl)
+        shapes = {f: (getattr(stats, f).shape, getattr(ref, f).shape) for f in ("top_ids", "top_logits", "entropy",
+                                                                                  "sample", "max", "log_sum")}
         row[impl] = dict(
+            same_shapes=all(a == b for a, b in shapes.values()),
             top1_prob_max_delta=float(jnp.abs(stats.prob(stats.top_logits[..., 0])
                                               - ref.prob(ref.top_logits[..., 0])).max()),
             entropy_max_delta=float(jnp.abs(stats.entropy - ref.entropy).max()),
@@ -190,6 +193,7 @@ def recommend(report: dict) -> dict:
   head_rows = report["head"]["greedy"]
   passing = {impl: row["wall_s"] for impl, row in head_rows.items()
              if isinstance(row, dict) and "wall_s" in row and row.get("same_samples", True)
+             and row.get("same_shapes", True)
              and row.get("top1_prob_max_delta", 0.0) < 2e-2}
   head = min(passing, key=passing.get) if passing else "chunked"
   att = {impl: row["wall_s"] for impl, row in report["attention"].items()
@@ -261,7 +265,8 @@ def main(argv=None) -> int:
   report = dict(environment=environment(), dry_run=args.dry_run, sizes=size, command=" ".join(sys.argv))
   report["head"] = head_check(size)
   report["attention"] = attention_check(size)
-  head_ok = all("wall_s" in row["pallas"] and row["pallas"]["same_samples"] for row in report["head"].values())
+  head_ok = all("wall_s" in row["pallas"] and row["pallas"]["same_samples"] and row["pallas"]["same_shapes"]
+                for row in report["head"].values())
   fused = {impl: row["wall_s"] for impl, row in report["attention"].items()
            if impl != "xla" and "wall_s" in row and row["max_delta"] < 5e-2}
   report["generate"] = generate_check(size, budget, head_ok, min(fused, key=fused.get) if fused else None)

@@ -23,6 +23,7 @@ def test_dry_run_writes_every_section(tmp_path):
   assert report["environment"]["backend"] == "cpu" and report["dry_run"]
   for row in report["head"].values():  # the Pallas kernel in interpret mode agrees with the reference
     assert row["pallas"]["same_samples"] and row["chunked"]["same_samples"], row
+    assert row["pallas"]["same_shapes"] and row["pallas"]["top1_prob_max_delta"] < 1e-3, row
   assert report["attention"]["dot_product"]["max_delta"] < 5e-2
   cells = report["generate"]
   assert cells and all("wall_s" in c for c in cells), cells

@@ -245,3 +245,15 @@ def test_samplers_that_read_statistics_never_ask_for_logits():
   for name in set(SAMPLERS) - statistics_only:  # top-p / filtered / boosted / history: full logits
     assert SAMPLERS[name]().head_request.logits, name
   assert dataclasses.replace(LowConfidence(), confidence_eos_eot_inf=True).head_request.logits  # reference rule
+
+
+@pytest.mark.parametrize("impl,backend", IMPLS)
+def test_top1_keeps_its_k_axis(impl, backend):
+  """A request for the top-1 alone (EB, KLASS, confidence rules) gets top_ids / top_logits of shape [N, 1] from
+  every implementation (the Pallas kernel once dropped the axis at k = 1; the device check found it)."""
+  hidden, weight, _ = _inputs(12, 16, 200, jnp.bfloat16)
+  request = HeadRequest(sample=True, top=1, entropy=True)
+  ref = _run("ref", hidden, weight, request, dtype=jnp.bfloat16)
+  got = _run(impl, hidden, weight, request, dtype=jnp.bfloat16, backend=backend)
+  assert got.top_ids.shape == got.top_logits.shape == (12, 1)
+  _assert_same(ref, got, atol=1e-4)
