@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -240,11 +238,8 @@ def write_defaults(recommendation: dict) -> Path:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  from dlm.io.params import atomic_write
+  atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def main(argv=None) -> int:
@@ -255,7 +250,8 @@ def main(argv=None) -> int:
   ap.add_argument("--budget-s", type=float, default=None,
                   help="seconds for the generate cells before the rest are skipped (default 300; dry run 60)")
   ap.add_argument("--write-defaults", action="store_true",
-                  help="store the recommendation as this backend's head/attention 'auto' (kernels/device_defaults.json)")
+                  help="store the recommendation as this backend's head/attention 'auto' "
+                       "(kernels/device_defaults.json)")
   args = ap.parse_args(argv)
   size = dict(DRY if args.dry_run else FULL)
   if args.layers is not None:

@@ -14,8 +14,6 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from dlm.io.shipped import SHIPPED_MODELS as BUNDLED_MODELS
-
 def packaged_config(name: str) -> Path:
   """A YAML shipped in the `dlm.configs` package (the repository's configs/ folder, or the installed copy)."""
   return Path(str(resources.files("dlm.configs").joinpath(name)))
@@ -74,18 +72,12 @@ def existing_file(text: str) -> str:
 
 
 def model_source(text: str) -> str:
-  """A bundled model's name, a model folder, or a hub id (org/name) that dlm.io resolves through the local cache."""
-  if text in BUNDLED_MODELS:
-    return text
-  path = Path(text).expanduser()
-  if path.exists():
-    if not path.is_dir():
-      raise argparse.ArgumentTypeError(f"expected a model folder with config.json, {text} is a file")
-    return text
-  if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-    return text  # a hub id: read from the local cache or downloaded (dlm.io.hub)
-  raise argparse.ArgumentTypeError(f"expected {' or '.join(BUNDLED_MODELS)}, a model folder or a hub id org/name; "
-                                   f"{text} does not exist")
+  """A bundled model's name, a model folder, or a hub id (org/name) that dlm.io reads from the cache or downloads."""
+  from dlm.io.shipped import model_source_problem
+  problem = model_source_problem(text)
+  if problem is not None:
+    raise argparse.ArgumentTypeError(problem)
+  return text
 
 
 def _choice(kind: str, names):

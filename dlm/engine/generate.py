@@ -53,6 +53,8 @@ class EngineSpec:
   head_blocks: HeadBlocks | None = None  # tile sizes of the fused head (None: its defaults)
   attention: str = "xla"  # attention backend (dlm.kernels.attention)
   mesh: jax.sharding.Mesh | None = None  # shard the batch / parameters / KV cache over it (dlm/parallel)
+  # the sampler capabilities the program runs with: `check_combination`'s verdict, made once in `_prepare`
+  capabilities: frozenset[str] = frozenset()
 
   @property
   def trace_length(self) -> int:
@@ -102,7 +104,9 @@ def resolve_attention(attention: str) -> str:
   return device_default("attention") if attention == "auto" else attention
 
 
-def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window, max_nfe):
+def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window,
+                  max_nfe) -> frozenset[str]:
+  """Refuse bad arguments in one line -> the sampler capabilities the program runs with."""
   if not isinstance(model, Transformer):
     raise TypeError(f"model must be a dlm Transformer, got {type(model).__name__}")
   if not isinstance(sampler, Sampler):
@@ -131,7 +135,7 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
   if sampler.view_span not in ("block", "answer"):
     raise ValueError(f"sampler.view_span={sampler.view_span!r}; expected 'block' or 'answer'")
   # Which capabilities combine with which settings: one table (dlm/engine/capabilities.py).
-  check_combination(sampler, cache=cache, cfg_scale=sampler.cfg_scale, logit_shift=model.cfg.logit_shift)
+  return check_combination(sampler, cache=cache, cfg_scale=sampler.cfg_scale, logit_shift=model.cfg.logit_shift)
 
 
 def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler, gen_length: int,
@@ -194,7 +198,8 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
   if prompt_valid is not None:
     prompt_valid = as_array(prompt_valid, bool)
   block_length = gen_length if block_length is None else block_length
-  _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window, max_nfe)
+  capabilities = _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window,
+                               max_nfe)
   if prompt_valid is None:
     prompt_valid = jnp.ones(prompts.shape, bool)
   if mesh is not None:
@@ -209,7 +214,7 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
   spec = EngineSpec(gen_length=gen_length, block_length=block_length, history_length=history_length,
                     cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache != "none",
                     head=resolve_head(head), head_blocks=head_blocks, attention=resolve_attention(attention),
-                    mesh=mesh)
+                    mesh=mesh, capabilities=capabilities)
   key = jax.random.key(0) if key is None else key
   graphdef, state = nnx.split(model)
   # The budget is a traced argument, so sweeping max_nfe reuses one compiled program.

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm.engine.calls import NetworkCalls
-from dlm.engine.capabilities import check_combination
 from dlm.engine.inputs import InputFeed
 from dlm.engine.programs import choose_program
 from dlm.engine.state import BlockState, Generation, LoopState, View, as_decision
@@ -47,8 +46,7 @@ class StepContext:
     self.calls = NetworkCalls(net, prompts, prompt_valid, gen_length=spec.gen_length,
                               block_length=spec.block_length, cfg_scale=sampler.cfg_scale, plan=spec.plan,
                               head_impl=spec.head, head_blocks=spec.head_blocks)
-    capabilities = check_combination(sampler, cache=spec.cache, cfg_scale=sampler.cfg_scale,
-                                     logit_shift=net.cfg.logit_shift)
+    capabilities = spec.capabilities  # checked against the capability table in `_prepare`
     # The view: the active block (default) or every answer slot (view_span "answer"), Bv slots.
     self.answer_view = "view_span_answer" in capabilities
     self.view_length = self.gen_length if self.answer_view else self.block_length

@@ -68,18 +68,6 @@ def load_experiment(path) -> dict:
   return {"models": [str(m) for m in models], "tasks": [str(t) for t in tasks], "grid": grid, **options}
 
 
-def check_model_source(name: str) -> None:
-  """A model entry must be a shipped model's name, an existing folder or a hub id org/name (checked before the
-  experiment's folder is written, so a typo does not lock it)."""
-  from dlm.io.shipped import SHIPPED_MODELS
-  if name in SHIPPED_MODELS or Path(name).expanduser().is_dir():
-    return
-  import re
-  if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?", name) and not Path(name).expanduser().exists():
-    return
-  raise ValueError(f"model {name!r}: expected {' or '.join(SHIPPED_MODELS)}, a model folder or a hub id org/name")
-
-
 def environment() -> dict:
   import flax
   import jax
@@ -126,9 +114,12 @@ def run_experiment(path, out, *, progress: bool = True, load=None) -> list[dict]
   out = Path(out)
   resolved = {"models": spec["models"], "tasks": spec["tasks"], "grid": grid_as_yaml(spec["grid"]),
               **{k: spec[k] for k in (*DEFAULTS, "mesh") if k in spec}}
-  if load is None:
+  if load is None:  # before the folder is written, so a typo does not lock it
+    from dlm.io.shipped import model_source_problem
     for name in spec["models"]:
-      check_model_source(name)
+      problem = model_source_problem(name)
+      if problem is not None:
+        raise ValueError(f"experiment {path}: model {name!r}: {problem}")
   config = out / "config.yaml"
   if config.is_file():
     # A rerun may add (or drop) models, tasks and grid entries: every cell is keyed by what makes its result, so

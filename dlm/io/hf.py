@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from dlm.io import safetensors_stream as st
-from dlm.io.hub import hub_cache_dir
+from dlm.io.hub import HUB_ID, hub_cache_dir
 from dlm.io.tokenizer import TOKENIZER_FILES, HFTokenizer
 from dlm.model.config import ModelConfig
 from dlm.model.transformer import Transformer, layer_path, per_layer_shapes
@@ -55,9 +55,6 @@ def _listing(names, limit: int = 12) -> str:
 # -- locating a model ----------------------------------------------------------------------------------------------
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-
-
 def resolve_model_path(path_or_hub_id: str | os.PathLike, *, revision: str | None = None,
                        token: str | bool | None = None, local_files_only: bool = False) -> Path:
   """A local folder as is; a hub id `org/name[@revision]`: a complete snapshot already in the local Hugging Face
@@ -69,7 +66,7 @@ def resolve_model_path(path_or_hub_id: str | os.PathLike, *, revision: str | Non
     if not local.is_dir():
       raise CheckpointError(f"{local} is a file; pass the model folder that holds config.json")
     return local
-  if not _HUB_ID.match(text):
+  if not HUB_ID.match(text):
     raise FileNotFoundError(f"{local} does not exist (and is not a hub id org/name)")
   from dlm.io.hub import hub_snapshot, missing_weights
   repo, _, at = text.partition("@")

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from dlm.io.tokenizer import TOKENIZER_FILES
 
+# `org/name` or `org/name@revision`: what dlm reads as a hub id (anything else is a path).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", INDEX_FILE, *TOKENIZER_FILES)
@@ -86,25 +89,24 @@ def hub_snapshot(hub_id: str, *, revision: str | None = None, token: str | bool 
     folder = Path(huggingface_hub.snapshot_download(
         repo, revision=revision, allow_patterns=list(MODEL_FILES), token=token, local_files_only=local,
         cache_dir=cache_dir or hub_cache_dir(), endpoint=endpoint))
+  except errors.GatedRepoError:  # before its base class, RepositoryNotFoundError
+    raise HubError(f"{repo!r} is gated: accept its terms on the hub and set HF_TOKEN") from None
   except errors.RepositoryNotFoundError:
     raise HubError(f"{repo!r}: no such model on the hub{where} (or it is private or gated: set HF_TOKEN to a token "
                    "that can read it)") from None
   except errors.RevisionNotFoundError:
     raise HubError(f"{repo!r} has no revision {revision!r} on the hub{where}") from None
-  except errors.GatedRepoError:
-    raise HubError(f"{repo!r} is gated: accept its terms on the hub and set HF_TOKEN") from None
-  except errors.LocalEntryNotFoundError:
+  except errors.LocalEntryNotFoundError:  # before its base class, EntryNotFoundError
     why = "HF_HUB_OFFLINE is set" if offline() else ("local_files_only=True" if local_files_only else
                                                       "the hub could not be reached")
     raise HubError(f"{repo!r} is not in the Hugging Face cache and {why}; download it once with network "
                    f"(dlm.load({hub_id!r}) or `hf download {repo}`)") from None
   except errors.EntryNotFoundError as e:
     raise HubError(f"{repo!r}: a file the model needs is missing on the hub{where}: {_first_line(e)}") from None
-  except (OSError, errors.HfHubHTTPError) as e:
-    raise HubError(f"{repo!r}: the download did not complete ({type(e).__name__}: {_first_line(e)}); nothing "
-                   "was loaded, and rerunning resumes it") from None
-  except Exception as e:  # httpx transport errors (a dropped connection) are not OSErrors
-    if type(e).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore", "h11"):
+  except Exception as e:
+    # Any other HTTP error, an I/O error, or a dropped connection (httpx's transport errors are not OSErrors).
+    transport = type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "h11")
+    if not (transport or isinstance(e, (OSError, errors.HfHubHTTPError))):
       raise
     raise HubError(f"{repo!r}: the download did not complete ({type(e).__name__}: {_first_line(e)}); nothing "
                    "was loaded, and rerunning resumes it") from None

@@ -23,6 +23,20 @@ def shipped_folder(name: str) -> Path:
   return folder
 
 
+def model_source_problem(text: str) -> str | None:
+  """None when `text` names a model dlm can load (a shipped model, a folder, or a hub id `org/name[@revision]`),
+  else what is wrong with it, in words that end a one-line error (the CLI's --model, an experiment's models)."""
+  if text in SHIPPED_MODELS:
+    return None
+  path = Path(text).expanduser()
+  if path.exists():
+    return None if path.is_dir() else f"expected a model folder with config.json, {text} is a file"
+  from dlm.io.hub import HUB_ID
+  if HUB_ID.match(text):
+    return None  # read from the local cache or downloaded (dlm.io.hub)
+  return f"expected {' or '.join(SHIPPED_MODELS)}, a model folder or a hub id org/name; {text} does not exist"
+
+
 def load_named(path: str | None, dtype: str | None = None, *, with_tokenizer: bool = False,
                default: str = "bundled"):
   """A shipped model's name, a model folder or a hub id -> (model, name) or, with_tokenizer, (model, name, HF
