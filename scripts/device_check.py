@@ -232,7 +232,8 @@ def table(report: dict) -> str:
 def write_defaults(recommendation: dict) -> Path:
   path = ROOT / "kernels" / "device_defaults.json"
   current = json.loads(path.read_text()) if path.is_file() else {}
-  current.update(recommendation)
+  for backend, choices in recommendation.items():  # keeps the backend's other keys (e.g. ref_max_logits)
+    current.setdefault(backend, {}).update(choices)
   _atomic_write(path, json.dumps(current, indent=1, sort_keys=True) + "\n")
   return path
 

@@ -6,6 +6,8 @@ compiled loop can be compared with them token for token.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -230,14 +232,18 @@ def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M, W=None):
   cache cropped there (a: slots accepted last step).  -> (canvas [B, P + G], forwards per row [B])."""
   from dlm.engine.cache import empty_cache
 
+  @functools.partial(jax.jit, static_argnums=(3, 4))  # compiled per window: eager scans are slow
+  def cached_window(x, v, cache, left, right):
+    key_valid = (v & (jax.numpy.arange(v.shape[0]) < right))[None]
+    pos = positions_from_valid(v[None])
+    hidden, cache = dllm(x[None, left:right], pos[:, left:right], key_valid, cache=cache, window_start=left)
+    return dllm.logits(hidden, shift=False), cache
+
   def cached_logits(x, v, cache, left, right):
     """The dLLM on canvas slots [left, right) against `cache`, keys at or beyond `right` hidden -> logits of the
     window [right - left, V] (unshifted) and the new cache."""
-    key_valid = (v & (np.arange(v.shape[0]) < right))[None]
-    pos = positions_from_valid(jax.numpy.asarray(v[None]))
-    hidden, cache = dllm(jax.numpy.asarray(x[None, left:right]), pos[:, left:right], jax.numpy.asarray(key_valid),
-                         cache=cache, window_start=left)
-    return np.asarray(dllm.logits(hidden, shift=False), np.float64)[0], cache
+    logits, cache = cached_window(jax.numpy.asarray(x), jax.numpy.asarray(v), cache, left, right)
+    return np.asarray(logits, np.float64)[0], cache
 
   def forward(net):
     @jax.jit

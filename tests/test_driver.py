@@ -63,23 +63,40 @@ def _both(model, prompts, valid, **kw):
   return out, list(generate_steps(model, prompts, valid, key=jax.random.key(2), **kw))
 
 
-def test_golden_cases_through_the_driver(bundled, golden, monkeypatch):
+# A few golden cases stand for the rest in the default run: the plain loop, CFG's second forward, the dual cache's
+# windows, WINO's shadow rows, no-change reuse (ancestral) and Dream's shift with the prefix cache; the full set is
+# slow-marked (the driver runs the compiled loop's own body, so one program per forward program suffices).
+FAST_GOLDEN = ("low_confidence", "low_confidence_cfg", "threshold_dual", "wino", "ancestral_t0", "threshold_shift")
+
+
+@pytest.mark.parametrize("which", ["fast", pytest.param("all", marks=pytest.mark.slow)])
+def test_golden_cases_through_the_driver(bundled, golden, monkeypatch, which):
   def drive(model, prompts, valid=None, **kw):
     return _last(list(generate_steps(model, prompts, valid, **kw))).generation
 
+  def chosen(name):
+    return which == "all" or name in FAST_GOLDEN
+
   monkeypatch.setattr(golden_cases, "generate", drive)
   for name, task, sampler, settings, options in golden_cases.CASES:
-    tokens, nfe = golden_cases.run_case(bundled, task, sampler, settings, options)
-    np.testing.assert_array_equal(tokens, golden[f"{name}/tokens"], err_msg=name)
-    np.testing.assert_array_equal(nfe, golden[f"{name}/nfe"], err_msg=name)
+    if chosen(name):
+      tokens, nfe = golden_cases.run_case(bundled, task, sampler, settings, options)
+      np.testing.assert_array_equal(tokens, golden[f"{name}/tokens"], err_msg=name)
+      np.testing.assert_array_equal(nfe, golden[f"{name}/nfe"], err_msg=name)
   dream = golden_cases.dream_model()
   for name, sampler, settings, options in golden_cases.DREAM_CASES:
-    tokens, nfe = golden_cases.run_dream_case(dream, sampler, settings, options)
-    np.testing.assert_array_equal(tokens, golden[f"{name}/tokens"], err_msg=name)
-    np.testing.assert_array_equal(nfe, golden[f"{name}/nfe"], err_msg=name)
+    if chosen(name):
+      tokens, nfe = golden_cases.run_dream_case(dream, sampler, settings, options)
+      np.testing.assert_array_equal(tokens, golden[f"{name}/tokens"], err_msg=name)
+      np.testing.assert_array_equal(nfe, golden[f"{name}/nfe"], err_msg=name)
 
 
-@pytest.mark.parametrize("name", UNCOVERED)
+# apd (per-row windows) and lrd (soft inputs, which smoothing also feeds) are slow-marked for suite time.
+SLOW_UNCOVERED = ("apd", "lrd")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_UNCOVERED else n
+                                  for n in UNCOVERED])
 def test_samplers_without_golden_cases_equal_generate(testbed, name):
   task = get_task("sudoku6")
   prompts, valid, _ = task.encode(task.examples(3, seed=11))
@@ -88,7 +105,9 @@ def test_samplers_without_golden_cases_equal_generate(testbed, name):
   _assert_same(out, snaps)
 
 
-@pytest.mark.parametrize("cache", [c for c in CACHE_POLICIES if c not in ("none", "dual")])  # golden: none, dual
+# golden: none, dual; prefix is slow-marked (the same windowed program as window and dual, another width)
+@pytest.mark.parametrize("cache", [pytest.param(c, marks=pytest.mark.slow) if c == "prefix" else c
+                                   for c in CACHE_POLICIES if c not in ("none", "dual")])
 def test_other_cache_policies_equal_generate(bundled, cache):
   task = get_task("sudoku4_hard")
   prompts, valid, _ = task.encode(task.examples(4, seed=11))

@@ -89,12 +89,20 @@ def device_default(kind: str) -> str:
   return choice if choice in (IMPLEMENTATIONS if kind == "head" else ATTENTION_IMPLS) else fallback
 
 
-def resolve_head(head: str) -> str:
+def resolve_head(head: str, rows: int | None = None, vocab: int | None = None) -> str:
   """'auto' -> the implementation measured best on this backend by scripts/device_check.py (`device_default`);
-  the chunked XLA head where nothing was measured."""
+  the chunked XLA head where nothing was measured.  Where the backend also records `ref_max_logits`, an 'auto'
+  head over rows x vocab <= that many logits runs the reference instead: on CPU one [N, V] matmul beats the
+  tile loop, whose every tile copies its slice of the weights, up to about 8M logits (32 MiB; docs/perf.md §3)."""
   if head not in HEAD_CHOICES:
     raise ValueError(f"head={head!r}; expected one of {HEAD_CHOICES}")
-  return device_default("head") if head == "auto" else head
+  if head != "auto":
+    return head
+  choice = device_default("head")
+  small = _device_defaults().get(jax.default_backend(), {}).get("ref_max_logits")
+  if choice == "chunked" and isinstance(small, int) and rows and vocab and rows * vocab <= small:
+    return "ref"
+  return choice
 
 
 def resolve_attention(attention: str) -> str:
@@ -102,6 +110,11 @@ def resolve_attention(attention: str) -> str:
   if attention not in ATTENTION_CHOICES:
     raise ValueError(f"attention={attention!r}; expected one of {ATTENTION_CHOICES}")
   return device_default("attention") if attention == "auto" else attention
+
+
+def head_rows(sampler: Sampler, batch: int, gen_length: int, block_length: int) -> int:
+  """Rows of one head call: the batch times the sampler's view (its block, or every answer slot)."""
+  return batch * (gen_length if sampler.view_span == "answer" else block_length)
 
 
 def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_length, cache, window,
@@ -152,8 +165,9 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
   max_nfe: per-row budget of network forward calls (default: what the sampler needs to finish).
   stop_at_eos: a row stops once an end-of-text token is committed with everything before it resolved; the
     slots after it are set to end-of-text and cost nothing.
-  head: the decode head ('auto' = 'chunked': a fused XLA scan over vocabulary tiles that writes no [B, Bk, V]
-    logits unless the sampler asks for them; 'ref' materialises them; 'pallas' runs kernels/head_pallas.py).
+  head: the decode head ('chunked': a fused XLA scan over vocabulary tiles that writes no [B, Bk, V] logits
+    unless the sampler asks for them; 'ref' materialises them; 'pallas' runs kernels/head_pallas.py).  'auto':
+    this backend's measured choice (`resolve_head`): on CPU 'ref' up to 8M logits per head call, else 'chunked'.
     Every implementation gives the sampler the same statistics (the same sample for the same key).
   attention: the attention backend ('auto' = 'xla'; 'dot_product', 'cudnn', 'splash': dlm.kernels.attention).
   sampler_params: a pytree the sampler reads as `View.params` (learned heads' weights, APD's AR model), passed
@@ -213,7 +227,8 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
                                                  window=window)
   spec = EngineSpec(gen_length=gen_length, block_length=block_length, history_length=history_length,
                     cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache != "none",
-                    head=resolve_head(head), head_blocks=head_blocks, attention=resolve_attention(attention),
+                    head=resolve_head(head, rows=head_rows(sampler, prompts.shape[0], gen_length, block_length),
+                                      vocab=model.cfg.vocab_size), head_blocks=head_blocks, attention=resolve_attention(attention),
                     mesh=mesh, capabilities=capabilities)
   key = jax.random.key(0) if key is None else key
   graphdef, state = nnx.split(model)
