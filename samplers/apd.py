@@ -8,8 +8,10 @@ One step, for each row, with t its first masked answer slot (../shared/research/
   3. the AR model scores the draft in one teacher-forced pass (its own KV cache, carried in the loop):
      its logits at slot j read prompt + committed slots + d_t..d_{j-1};
   4. target y_j = argmax of R * dLLM logits + (1 - R) * AR logits (the product of experts p_D^R p_AR^(1-R));
-  5. accept the longest prefix with d_j == y_j (the first slot always), commit it; once an accepted token is an
+  5. accept the longest prefix with d_j == y_j (the first slot always), commit it; once an accepted token is the
      end-of-text token the rest of the answer becomes EOS and the row is done (the reference stops there).
+     `stop` says which tokens end it: "eos" (default, the reference: `eos_token_id` only, so it decodes on after
+     Dream's `<|im_end|>` or LLaDA's `<|eot_id|>`) or "any" (every end id of the model, as dlm's other samplers).
 R = 1 keeps only the dLLM (every draft slot agrees: M tokens per forward); a perfect AR draft is accepted whole.
 
 Reference code vs paper (`rule`):
@@ -56,6 +58,7 @@ from dlm.samplers.base import Sampler, check_number, check_positive_int, exponen
 from dlm.samplers.dream import filter_logits
 
 RULES = ("reference", "paper")
+STOPS = ("eos", "any")
 
 
 def ar_folder(name: str) -> Path:
@@ -90,6 +93,7 @@ class AdaptiveParallel(Sampler):
   top_p: float = 0.95
   rule: str = "reference"
   ar_model: str = "bundled"
+  stop: str = "eos"  # which accepted tokens end the answer: "eos" (the reference) or "any" end id
 
   view_span = "answer"
   input_horizon = True
@@ -103,6 +107,8 @@ class AdaptiveParallel(Sampler):
     check_number("top_p", self.top_p, 0, 1, open_lo=True)
     if self.rule not in RULES:
       raise ValueError(f"rule={self.rule!r}; expected one of {RULES}")
+    if self.stop not in STOPS:
+      raise ValueError(f"stop={self.stop!r}; expected one of {STOPS}")
     if not isinstance(self.ar_model, str):
       raise ValueError(f"ar_model={self.ar_model!r} must be 'bundled' or a model folder path")
 
@@ -208,7 +214,8 @@ class AdaptiveParallel(Sampler):
     accepted = jnp.cumprod(agree, axis=-1).sum(-1).astype(jnp.int32)  # [B], >= 1
     slot = jnp.arange(g)[None]
     commit = masked & (slot >= t[:, None]) & (slot < (t + accepted)[:, None])
-    ends = commit & jnp.isin(draft, jnp.asarray(block.end_ids))
+    stops = block.end_ids[:1] if self.stop == "eos" else block.end_ids  # end_ids[0] is the eos id
+    ends = commit & jnp.isin(draft, jnp.asarray(stops))
     first_end = jnp.where(ends.any(-1), jnp.argmax(ends, -1), g)  # [B]
     after = slot > first_end[:, None]
     tokens = jnp.where(after, block.end_ids[0], draft)

@@ -10,12 +10,13 @@ only zero-entropy slots beside it.  The proxy is the entropy itself (ascending; 
 and the bound is the entropy accumulated before it) or the confidence p(x0) (descending).  Tokens are x0, the
 Gumbel-max sample at `temperature` (greedy at 0).
 
-Code.  The authors' code is not public.  Two public implementations agree on the entropy-ordered rule:
-google-deepmind/gemma `SampleFromPredictions` (DiffusionGemma; `entropy_bound=0.1`, natural-log entropy of the
-denoiser's softmax, accept while accumulated - current <= bound) and the DUS repository's EB baseline (the same
-`cumsum - cummax` form, entropy in bits from the Gumbel-noised logits).  We follow the paper and gemma: entropy
-of the clean softmax in nats (`units="bits"` divides by ln 2, which is gamma * ln 2 in nats); at T > 0 the
-entropies come from the clean logits, not the noised ones (at T = 0 the two agree).
+Code.  The authors' code is not public.  Two public implementations share the entropy-ordered bound (accept
+while accumulated - current <= bound): google-deepmind/gemma `SampleFromPredictions` (DiffusionGemma;
+`entropy_bound=0.1`, natural-log entropy, but of the temperature-annealed logits, and its process re-noises the
+slots it did not select) and the DUS repository's EB baseline (the same `cumsum - cummax` form, entropy in bits
+from the Gumbel-noised logits).  We follow the paper: entropy of the clean softmax in nats (`units="bits"`
+divides by ln 2, which is gamma * ln 2 in nats), unselected slots stay masked; at T > 0 the entropies come from
+the clean logits, not the annealed or noised ones (at T = 1 gemma's entropies are ours; at T = 0 DUS's are ours in bits).
 
 Defaults: proxy="entropy", gamma=0.1 (gemma's), units="nats".  The paper sweeps gamma in [1e-3, 1] on LLaDA/Dream.
 """

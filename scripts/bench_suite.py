@@ -3,6 +3,7 @@
     python scripts/bench_suite.py                          # print the figures (JSON lines, then a table row)
     python scripts/bench_suite.py --record docs/perf.md    # ... and append the row to perf.md's history table
     python scripts/bench_suite.py --compare                # also time the default `dlm compare` (about 5 min)
+    python scripts/bench_suite.py --heads chunked ref      # an interleaved A/B of two decode heads, per case
 
 Run it before a change to the engine, the network or the head lands, and once more after; compare the two rows
 (same machine, same sitting).  It is a benchmark, not a test: nothing in CI runs it.
@@ -78,6 +79,35 @@ def _time_case(model, prompts, case, repeats: int) -> dict:
               digest=hashlib.sha1(tokens.tobytes()).hexdigest()[:10])
 
 
+def _head_ab(model, prompts, case, repeats: int, heads: list[str]) -> dict:
+  """One case with each decode head, the timed runs interleaved (head 1, head 2, head 1, ...) in this process,
+  so a load change on the machine hits every side alike; -> the fastest and median run per head, and whether the
+  heads gave the same tokens."""
+  import jax
+  import numpy as np
+  from dlm.engine.generate import generate
+  from dlm.samplers import make_sampler
+  name, _, sampler_name, settings, cache, gen_length, block_length = case
+  sampler = make_sampler(sampler_name, **settings)
+
+  def run(head):
+    return jax.block_until_ready(generate(model, prompts, sampler=sampler, gen_length=gen_length,
+                                          block_length=block_length, cache=cache, head=head))
+
+  tokens = {head: np.asarray(run(head).tokens) for head in heads}  # compile + warm-up
+  walls = {head: [] for head in heads}
+  for _ in range(repeats):
+    for head in heads:
+      t0 = time.perf_counter()
+      run(head)
+      walls[head].append(time.perf_counter() - t0)
+  first = heads[0]
+  return dict(case=name, **{f"{h}_min_s": round(min(w), 3) for h, w in walls.items()},
+              **{f"{h}_median_s": round(statistics.median(w), 3) for h, w in walls.items()},
+              **{f"{h}/{first}": round(min(walls[h]) / min(walls[first]), 3) for h in heads[1:]},
+              same_tokens=all((t == tokens[first]).all() for t in tokens.values()))
+
+
 def _compare_wall() -> float:
   """Wall time of the default `dlm compare` (the README's main job) in a fresh process."""
   import tempfile
@@ -98,7 +128,7 @@ def _commit() -> str:
 
 def _machine() -> str:
   import jax
-  return f"{jax.devices()[0].device_kind} x{os.cpu_count()} cpus, jax {jax.__version__}, py{platform.python_version()}"
+  return f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores, jax {jax.__version__}, py{platform.python_version()}"
 
 
 def append_history(path: str, row: dict, columns: list[str]) -> None:
@@ -110,7 +140,8 @@ def append_history(path: str, row: dict, columns: list[str]) -> None:
     text = text.rstrip("\n") + (
         f"\n\n{HISTORY_HEADER}\n\nOne row per run of `python scripts/bench_suite.py --record docs/perf.md` "
         "(median wall seconds of each case; the cases are in the script's docstring).  Compare rows of the same "
-        "machine only.\n\n"
+        "machine only, and read them as a record, not as ratios: on a shared VM one sitting's medians move by up to "
+        "a third; a ratio needs both sides interleaved in one process (`--heads`, or `dlm bench`'s replay).\n\n"
         "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
   cells = [row.get(c, "") for c in header]
   text = text.rstrip("\n") + "\n| " + " | ".join(str(c) for c in cells) + " |\n"
@@ -128,6 +159,9 @@ def main(argv=None) -> int:
   parser.add_argument("--compare", action="store_true", help="add the default `dlm compare` wall time")
   parser.add_argument("--record", metavar="PERF_MD", help="append the figures as one row of this file's history")
   parser.add_argument("--commit", help="the commit to name in the record (default: git rev-parse HEAD here)")
+  parser.add_argument("--heads", nargs="+", metavar="HEAD",
+                      help="instead of the record: time each case with these decode heads (e.g. chunked ref), "
+                           "interleaved in this process, and print their ratio")
   args = parser.parse_args(argv)
   if args.repeats <= 0:
     parser.error(f"--repeats {args.repeats}: expected a positive int")
@@ -148,9 +182,14 @@ def main(argv=None) -> int:
       models[shape] = init_model(ModelConfig(**SHAPES[shape]), seed=0)
     rng = np.random.default_rng(0)
     prompts = rng.integers(3, 126000, size=(BATCH, PROMPT_LENGTH)).astype(np.int32)
+    if args.heads:
+      print(json.dumps(_head_ab(models[shape], prompts, case, args.repeats, args.heads)), flush=True)
+      continue
     result = _time_case(models[shape], prompts, case, args.repeats)
     print(json.dumps(result), flush=True)
     row[case[0]] = f"{result['wall_s']:.2f}"
+  if args.heads:
+    return 0
   if args.compare:
     wall = _compare_wall()
     print(json.dumps(dict(case="compare_default", wall_s=round(wall, 1))), flush=True)

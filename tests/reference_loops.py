@@ -225,7 +225,7 @@ def smoothing_reference(model, prompts, valid, *, gen_length, block_length, tau,
   return np.stack(out), np.array(nfes)
 
 
-def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M, W=None):
+def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M, W=None, stop="eos"):
   """APD at T = 0 written from the paper's loop (danielmisrael/apd `apd_sample`), one row at a time, the AR model
   recomputed in full (no cache) and the dLLM fed the canvas cut at slot t + M.  With W (kv_window) the dLLM keeps
   a KV cache: the first forward fills it over [0, t + M), later ones recompute [t - W - a + 1, t + M) against the
@@ -253,7 +253,8 @@ def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M, W=None):
     return lambda tokens, valid: np.asarray(fwd(tokens, valid), np.float64)[0]
 
   fwd_d, fwd_ar = forward(dllm), forward(ar)
-  m_id, eos, ends = dllm.cfg.mask_id, dllm.cfg.eos_id, dllm.cfg.end_ids
+  m_id, eos = dllm.cfg.mask_id, dllm.cfg.eos_id
+  ends = (eos,) if stop == "eos" else dllm.cfg.end_ids  # apd_sample stops on eos_token_id only
   b, p = prompts.shape
   out, nfes = [], []
   for row in range(b):

@@ -61,6 +61,27 @@ def test_apd_dllm_cache_window_matches_the_numpy_loop(model, ar_folder, W, M):
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(full.tokens))
 
 
+@pytest.mark.parametrize("stop", ["eos", "any"])
+def test_apd_stops_on_the_eos_id_only_unless_told(ar_folder, stop):
+  """apd_sample stops on eos_token_id only: a second end id (Dream's <|im_end|>, LLaDA's <|eot_id|>) is decoded
+  past.  The second end id here is the token the dLLM drafts first in row 0, so it is certainly committed."""
+  base = init_model(tiny_llada(), seed=3)  # the `model` fixture's network
+  sampler = AdaptiveParallel(R=0.7, M=3, ar_model=ar_folder, stop=stop)
+  first = int(np.asarray(generate(base, PROMPTS, VALID, sampler=sampler, gen_length=12,
+                                  block_length=12).tokens)[0, PROMPTS.shape[1]])
+  assert first not in (base.cfg.eos_id, base.cfg.mask_id)
+  model = init_model(dataclasses.replace(tiny_llada(), eot_id=first), seed=3)
+  out = generate(model, PROMPTS, VALID, sampler=sampler, gen_length=12, block_length=12)
+  ref, nfe = apd_reference(model, _ar(ar_folder), PROMPTS, VALID, gen_length=12, R=0.7, M=3, stop=stop)
+  np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+  np.testing.assert_array_equal(np.asarray(out.nfe), nfe)
+  rest = ref[0, PROMPTS.shape[1] + 1:]
+  if stop == "any":
+    assert (rest == model.cfg.eos_id).all()  # the row ended at its first token
+  else:
+    assert (rest != model.cfg.eos_id).any()  # decoded on past the second end id
+
+
 @pytest.mark.parametrize("W", [None, 2])
 def test_apd_on_a_dream_layout_dllm(dream_model, tmp_path, W):
   """Dream's logit shift on the dLLM side (slot j read at position j - 1, the input cut at t + M)."""

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from dlm.eval.aup import aup, aup_table, quality_weight
+from dlm.eval.aup import anchor_entries, aup, aup_table, format_aup, quality_weight
 from dlm.eval.compare import GridEntry, check_grid, compare, load_grid
 from dlm.model.config import tiny_llada
 from dlm.model.transformer import init_model
@@ -236,3 +236,63 @@ def test_shipped_testbed_model_reads_the_long_tasks():
   records = compare(model, grid, ["chain128", "sudoku6"], n=4, batch=4, progress=False)
   assert [r["task"] for r in records] == ["chain128", "sudoku6"]
   assert all(1 <= r["nfe_mean"] <= r["gen_length"] for r in records)
+
+
+# hao-ai-lab/d3LLM AUP_leaderboard/data_llada.yaml (snapshot e5bfcac): (TPF, accuracy %) per method, and the AUP
+# its main.py prints for them (run on that snapshot; y_max is the task's best accuracy over every method).
+LEADERBOARD = {
+    "GSM8K-CoT": {"Qwen-2.5-7B-it": ([(1.0, 74.1)], 74.1), "LLaDA": ([(1.0, 72.55)], 72.55),
+                  "Fast-dLLM-LLaDA": ([(1.0, 74.79), (2.77, 74.68)], 205.781115),
+                  "D2F": ([(1.0, 74.98), (2.88, 74.39)], 213.756423),
+                  "dParallel-LLaDA": ([(1.0, 74.0), (5.14, 72.63)], 358.142184),
+                  "d3LLM-LLaDA": ([(1.0, 74.02), (9.11, 73.09)], 637.654926)},
+    "MATH": {"Qwen-2.5-7B-it": ([(1.0, 41.15)], 41.15), "LLaDA": ([(1.0, 32.2)], 32.2),
+             "Fast-dLLM-LLaDA": ([(1.0, 32.1), (1.97, 30.82)], 47.187310),
+             "D2F": ([(1.0, 29.1), (2.66, 28.94)], 48.995833),
+             "dParallel-LLaDA": ([(1.0, 32.0), (3.17, 30.18)], 64.535612),
+             "d3LLM-LLaDA": ([(1.0, 32.76), (5.74, 30.36)], 107.641927)},
+}
+
+
+def test_aup_recomputes_the_leaderboard():
+  for task, methods in LEADERBOARD.items():
+    y_max = max(y for points, _ in methods.values() for _, y in points)
+    for method, (points, expected) in methods.items():
+      value, dropped = aup([r for r, _ in points], [y for _, y in points], y_max)
+      assert value == pytest.approx(expected, abs=1e-5) and dropped == 0, (task, method)
+    # the same through aup_table: every method has its own TPF-1 point, so no anchor is added
+    records = [{"task": task, "family": m, "tpf": r, "score": y / 100, "sampler": m, "settings": {}, "gen_length": 256}
+               for m, (points, _) in methods.items() for r, y in points]
+    for row in aup_table(records):
+      assert row["aup"] == pytest.approx(methods[row["family"]][1], abs=1e-4) and not row["anchored"]
+
+
+def test_aup_anchors_each_family_at_the_one_token_per_step_point():
+  def rec(family, sampler, tpf, score, **settings):
+    return {"task": "sudoku4_hard", "family": family, "sampler": sampler, "tpf": tpf, "score": score,
+            "gen_length": 16, "settings": settings}
+  records = [rec("LowConfidence", "low_confidence", 1.0, 0.938, steps=16, temperature=0.0, cfg_scale=0.0),
+             rec("LowConfidence", "low_confidence", 4.0, 0.90, steps=4, temperature=0.0, cfg_scale=0.0),
+             rec("WINO", "wino", 6.4, 0.562), rec("Threshold", "threshold", 2.0, 0.93)]
+  rows = {r["family"]: r for r in aup_table(records)}
+  # WINO's one point is far below the anchor (the 5-point filter drops it): the anchor's 93.8 alone, not 6.4 x 56.2
+  assert rows["WINO"]["anchored"] and rows["WINO"]["dropped"] == 1
+  assert rows["WINO"]["aup"] == pytest.approx(93.8)
+  w = lambda y: quality_weight(y, 93.8)  # noqa: E731
+  assert rows["Threshold"]["anchored"] and rows["Threshold"]["aup"] == pytest.approx(
+      93.8 + 0.5 * (2.0 - 1.0) * (93.0 * w(93.0) + 93.8 * w(93.8)))
+  assert not rows["LowConfidence"]["anchored"]  # it holds the anchor itself
+  assert "anchored" in format_aup(list(rows.values()))
+  no_anchor = aup_table([r for r in records if r["sampler"] != "low_confidence"])
+  assert all(r["anchor"] is None and not r["anchored"] for r in no_anchor)
+  assert "no one-token-per-step point on sudoku4_hard" in format_aup(no_anchor)
+
+
+def test_compare_adds_the_anchor_run_where_the_grid_lacks_it():
+  from dlm.eval.compare import GridEntry
+  grid = [GridEntry("threshold", (("tau", 0.9),)),
+          GridEntry("low_confidence", (("steps", "G"),), tasks=("sudoku4",))]
+  out, added = anchor_entries(grid, ["sudoku4", "add", "hmm"])
+  assert added == ["add"]  # sudoku4 has it; hmm is scored by likelihood, not accuracy
+  assert out[-1] == GridEntry("low_confidence", (("steps", "G"),), tasks=("add",)) and out[:2] == grid
+  assert anchor_entries(out, ["sudoku4", "add", "hmm"]) == (out, [])

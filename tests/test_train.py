@@ -11,7 +11,7 @@ from flax import nnx
 from dlm.io.params import load_model, save_model
 from dlm.model.config import tiny_llada
 from dlm.model.transformer import init_model
-from dlm.train.loop import TrainConfig, train
+from dlm.train.loop import TrainConfig, check_resume, train
 from dlm.train.loss import mask_answer, masked_diffusion_loss
 
 TINY = TrainConfig(model=dict(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64, max_len=64),
@@ -56,12 +56,27 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
   full = train(TINY, tmp_path / "a", progress=False)
   train(TINY, tmp_path / "b", progress=False, stop_after=2)  # "interrupted" after a checkpoint at step 2
   assert not (tmp_path / "b" / "model").exists()  # no final model from an unfinished run
+  # Another recipe is refused in one line before any checkpoint is read (a changed lr was taken silently, a
+  # changed shape failed inside orbax); how often it checkpoints or logs may change.
+  for change, named in ((dict(lr=2e-3), "lr: 0.001 -> 0.002"), (dict(model={**TINY.model, "d_model": 64}), "model")):
+    with pytest.raises(ValueError, match=f"another recipe.*{named}") as err:
+      train(dataclasses.replace(TINY, **change), tmp_path / "b", progress=False)
+    assert "\n" not in str(err.value)
+  check_resume(dataclasses.replace(TINY, log_every=3, ckpt_every=1), tmp_path / "b")
   resumed = train(TINY, tmp_path / "b", progress=False)
   a, b = nnx.state(full, nnx.Param), nnx.state(resumed, nnx.Param)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6), a, b)
   loaded = load_model(tmp_path / "b" / "model")
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
                nnx.state(loaded, nnx.Param), b)
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(warmup=4), r"warmup=4 must be an integer in \[0, steps=4\)"), (dict(ckpt_every=0), "ckpt_every=0"),
+    (dict(log_every=-1), "log_every=-1"), (dict(lr=0.0), "lr=0.0"), (dict(steps=0), "steps=0")])
+def test_recipe_values_are_checked_before_any_work(change, named):
+  with pytest.raises(ValueError, match=named):
+    dataclasses.replace(TINY, **change)
 
 
 def test_params_format_errors(tmp_path):

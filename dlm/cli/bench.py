@@ -90,7 +90,7 @@ def add_parser(sub):
                  help="tokens recomputed on each side of the block (cache window)")
   p.add_argument("--repeats", type=positive_int, default=3)
   p.add_argument("--head", default="auto", type=_choice("head", HEAD_CHOICES),
-                 help="decode head: auto (this backend's measured choice; CPU: ref up to 8M logits, else chunked) | "
+                 help="decode head: auto (this backend's measured choice; CPU: ref up to 4M logits, else chunked) | "
                       "ref | chunked | pallas")
   p.add_argument("--head-block-v", type=positive_int, default=None, help="vocabulary tile of the fused head")
   p.add_argument("--attention", default="auto", type=_choice("attention backend", ATTENTION_CHOICES),

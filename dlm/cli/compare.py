@@ -20,6 +20,11 @@ def cmd_compare(args):
   if args.head:
     grid = [_with_head(entry, args.head) for entry in grid]
   check_grid(grid)  # unknown samplers and settings fail before the model loads
+  from dlm.eval.aup import anchor_entries
+  grid, anchored = anchor_entries(grid, args.tasks)
+  if anchored:
+    print(f"AUP anchor: the grid has no one-token-per-step run on {', '.join(anchored)}; adding low_confidence "
+          "steps=G there", flush=True)
   if args.out:
     writable_dir(args.out)
     from dlm.parallel.distributed import is_primary

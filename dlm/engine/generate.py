@@ -93,7 +93,7 @@ def resolve_head(head: str, rows: int | None = None, vocab: int | None = None) -
   """'auto' -> the implementation measured best on this backend by scripts/device_check.py (`device_default`);
   the chunked XLA head where nothing was measured.  Where the backend also records `ref_max_logits`, an 'auto'
   head over rows x vocab <= that many logits runs the reference instead: on CPU one [N, V] matmul beats the
-  tile loop, whose every tile copies its slice of the weights, up to about 8M logits (32 MiB; docs/perf.md §3)."""
+  tile loop, whose every tile copies its slice of the weights, up to about 4M logits (16 MiB; docs/perf.md §4)."""
   if head not in HEAD_CHOICES:
     raise ValueError(f"head={head!r}; expected one of {HEAD_CHOICES}")
   if head != "auto":
@@ -167,7 +167,7 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
     slots after it are set to end-of-text and cost nothing.
   head: the decode head ('chunked': a fused XLA scan over vocabulary tiles that writes no [B, Bk, V] logits
     unless the sampler asks for them; 'ref' materialises them; 'pallas' runs kernels/head_pallas.py).  'auto':
-    this backend's measured choice (`resolve_head`): on CPU 'ref' up to 8M logits per head call, else 'chunked'.
+    this backend's measured choice (`resolve_head`): on CPU 'ref' up to 4M logits per head call, else 'chunked'.
     Every implementation gives the sampler the same statistics (the same sample for the same key).
   attention: the attention backend ('auto' = 'xla'; 'dot_product', 'cudnn', 'splash': dlm.kernels.attention).
   sampler_params: a pytree the sampler reads as `View.params` (learned heads' weights, APD's AR model), passed

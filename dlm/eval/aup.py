@@ -9,6 +9,15 @@ For one sampler family on one task, with points (ρ_i = TPF, y_i = accuracy in p
 over the points whose accuracy is at least y_1 − 5 (y_1: the accuracy of the lowest-TPF point), where y_max is
 the best accuracy of *every* method on the task (main.py), not of this family alone.
 
+The anchor.  The leaderboard gives every method a point at TPF 1, its one-token-per-step accuracy, and integrates
+from there.  A compare grid has one such point per task, the one-token-per-step run (`low_confidence` with
+steps = gen_length, no guidance, T = 0: `is_anchor`); every family whose points all lie at a higher TPF gets it
+as its first point (`anchored` in the row), so its 5-point filter and W(y) act as the leaderboard's do.  Without
+it a family with one fast point would score TPF x accuracy (on `sudoku4_hard` WINO's 0.562 at TPF 6.4 gave 362
+against one-token-per-step's 94).  The anchor sits at its own measured TPF, which is below 1 when answers end
+early (dlm counts a row's tokens up to its first end token, as the points beside it do).  `dlm compare` adds the
+one-token-per-step run to a grid that lacks it on an accuracy-scored task and says so (`anchor_entries`).
+
 Known difference: the reference asserts that the highest-TPF point is within 5 points of y_1 and stops otherwise;
 a compare grid often has such points (that is what separates samplers), so by default we drop them with the same
 filter the reference applies to the middle points and report how many were dropped; `strict=True` raises as
@@ -47,11 +56,19 @@ def aup(rho, y, y_max: float, *, alpha: float = 3.0, y_min_offset: float = 5.0,
   return total, len(pairs) - len(kept)
 
 
+def is_anchor(record: dict) -> bool:
+  """The one-token-per-step run of a task: low_confidence with steps = gen_length, no guidance, greedy."""
+  settings = record.get("settings") or {}
+  return (record.get("sampler") == "low_confidence" and settings.get("steps") == record.get("gen_length")
+          and not settings.get("cfg_scale") and not settings.get("temperature"))
+
+
 def aup_table(records: list[dict]) -> list[dict]:
   """AUP per (task, family) from compare records of accuracy-scored tasks (score in [0, 1]).
 
-  y_max is the best accuracy among all records of the task.  Tasks scored otherwise (`hmm`'s log-likelihood) have
-  no AUP and are skipped.
+  y_max is the best accuracy among all records of the task.  Families are anchored at the task's
+  one-token-per-step point (module docstring).  Tasks scored otherwise (`hmm`'s log-likelihood) have no AUP and
+  are skipped.
   """
   out = []
   for task in dict.fromkeys(r["task"] for r in records):
@@ -59,20 +76,52 @@ def aup_table(records: list[dict]) -> list[dict]:
     if any(not 0.0 <= r["score"] <= 1.0 for r in rs) or not rs[0].get("accuracy_scored", True):
       continue
     y_max = 100.0 * max(r["score"] for r in rs)
+    anchor = next((r for r in rs if is_anchor(r)), None)
     for family in dict.fromkeys(r["family"] for r in rs):
-      points = [r for r in rs if r["family"] == family]
-      value, dropped = aup([r["tpf"] for r in points], [100.0 * r["score"] for r in points], y_max)
-      best = max(points, key=lambda r: r["tpf"])
+      points = [(r["tpf"], 100.0 * r["score"]) for r in rs if r["family"] == family]
+      anchored = anchor is not None and min(t for t, _ in points) > anchor["tpf"]
+      if anchored:
+        points = [(anchor["tpf"], 100.0 * anchor["score"])] + points
+      value, dropped = aup([t for t, _ in points], [y for _, y in points], y_max)
       out.append({"task": task, "family": family, "aup": value, "points": len(points), "dropped": dropped,
-                  "max_tpf": best["tpf"], "y_max": y_max})
+                  "max_tpf": max(t for t, _ in points), "y_max": y_max, "anchored": anchored,
+                  "anchor": None if anchor is None else {"tpf": anchor["tpf"], "score": anchor["score"]}})
   return out
 
 
+def anchor_entries(grid: list, tasks: list[str]) -> tuple[list, list[str]]:
+  """`grid` plus the one-token-per-step entry on the accuracy-scored tasks whose entries lack it -> (grid, the
+  tasks it was added for)."""
+  from dlm.eval.compare import GridEntry, cell_setup
+  from dlm.tasks import get_task
+
+  def _settings(task, entry):
+    try:
+      return cell_setup(task, entry, block_length=None, stop_at_eos=False)[0].settings()
+    except ValueError:  # a setting that does not fit the task: compare skips that cell
+      return {}
+
+  missing = []
+  for name in tasks:
+    task = get_task(name)
+    if not getattr(task, "accuracy_scored", True):
+      continue
+    if not any(e.runs_on(name) and e.sampler == "low_confidence" and is_anchor(
+        dict(sampler=e.sampler, settings=_settings(task, e), gen_length=task.gen_length)) for e in grid):
+      missing.append(name)
+  if not missing:
+    return grid, []
+  return grid + [GridEntry("low_confidence", (("steps", "G"),), tasks=tuple(missing))], missing
+
+
 def format_aup(rows: list[dict]) -> str:
-  head = f"{'task':<12} {'family':<22} {'AUP':>8} {'points':>6} {'dropped':>7} {'max TPF':>7}"
-  lines = ["AUP (d3LLM; accuracy in %, y_max = best on the task, points > 5 below the slowest dropped)", head,
-           "-" * len(head)]
+  head = f"{'task':<12} {'family':<22} {'AUP':>8} {'points':>6} {'dropped':>7} {'max TPF':>7} {'anchored':>8}"
+  lines = ["AUP (d3LLM; accuracy in %, y_max = best on the task, anchored at the task's one-token-per-step point, "
+           "points > 5 below the slowest dropped)", head, "-" * len(head)]
   for r in sorted(rows, key=lambda r: (r["task"], -r["aup"])):
     lines.append(f"{r['task']:<12} {r['family']:<22} {r['aup']:>8.1f} {r['points']:>6} {r['dropped']:>7} "
-                 f"{r['max_tpf']:>7.2f}")
+                 f"{r['max_tpf']:>7.2f} {'yes' if r.get('anchored') else '':>8}")
+  unanchored = sorted({r["task"] for r in rows if r.get("anchor", True) is None})
+  if unanchored:
+    lines.append(f"no one-token-per-step point on {', '.join(unanchored)}: families there are not anchored")
   return "\n".join(lines)

@@ -136,11 +136,16 @@ def run_experiment(path, out, *, progress: bool = True, load=None) -> list[dict]
     from dlm.io.shipped import load_named
     load = lambda name: load_named(name, None, default="testbed")  # noqa: E731
   from dlm.parallel.mesh import MeshSpec, use_mesh
+  from dlm.eval.aup import anchor_entries
+  grid, anchored = anchor_entries(spec["grid"], spec["tasks"])
+  if anchored and progress:
+    print(f"AUP anchor: the grid has no one-token-per-step run on {', '.join(anchored)}; adding low_confidence "
+          "steps=G there", flush=True)
   records = []
   with use_mesh(MeshSpec.parse(spec["mesh"]).make() if "mesh" in spec else None):
     for name in spec["models"]:
       model, model_name = load(name)
-      records += compare(model, spec["grid"], spec["tasks"], n=spec["n"], batch=spec["batch"], seed=spec["seed"],
+      records += compare(model, grid, spec["tasks"], n=spec["n"], batch=spec["batch"], seed=spec["seed"],
                          block_length=spec["block_length"], stop_at_eos=spec["stop_at_eos"], cache=spec["cache"],
                          model_name=str(model_name), progress=progress, cells_dir=out / "cells")
   write_results(records, out)

@@ -54,8 +54,15 @@ class TrainConfig:
     if (self.objective == "autoregressive") != bool(self.model.get("causal", False)):
       raise ValueError(f"objective={self.objective!r} needs model.causal={self.objective == 'autoregressive'} "
                        "(a causal network trains autoregressively, a bidirectional one by masked diffusion)")
-    if self.steps <= 0 or self.batch_per_task <= 0:
-      raise ValueError(f"{self.steps=} and {self.batch_per_task=} must be positive")
+    for name in ("steps", "batch_per_task", "ckpt_every", "log_every"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or not 0 <= self.warmup < self.steps:
+      raise ValueError(f"warmup={self.warmup!r} must be an integer in [0, steps={self.steps}) (the learning rate "
+                       "warms up, then decays over the remaining steps)")
+    if not self.lr > 0:
+      raise ValueError(f"lr={self.lr!r} must be positive")
     for name, spec in self.tasks.items():
       kind = (spec or {}).get("task", name)
       if kind not in _TASK_CLASSES:
@@ -82,6 +89,31 @@ class TrainConfig:
       batch = int(spec.pop("batch", self.batch_per_task))
       out.append((_TASK_CLASSES[spec.pop("task", name)](**spec), weight, batch))
     return out
+
+
+# Fields a resumed run may change: how often it checkpoints and logs, and `steps` (training on past the first
+# target stretches the cosine schedule from there, as the shipped testbed model was made: README).
+RESUMABLE_CHANGES = ("ckpt_every", "log_every", "steps")
+RECIPE_FILE = "recipe.json"  # the recipe a run's checkpoints were made with, beside ckpt/
+
+
+def check_resume(cfg: TrainConfig, out_dir: Path) -> None:
+  """Refuse to resume a run's checkpoints with another recipe (a changed learning rate would be taken silently,
+  a changed shape fail inside orbax); record the recipe on a fresh run.  Runs before any checkpoint is read."""
+  import json
+  path = out_dir / RECIPE_FILE
+  mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
+  has_ckpt = (out_dir / "ckpt").is_dir() and any((out_dir / "ckpt").iterdir())
+  if has_ckpt and path.is_file():
+    saved = json.loads(path.read_text())
+    changed = sorted(k for k in set(saved) | set(mine) if k not in RESUMABLE_CHANGES and saved.get(k) != mine.get(k))
+    if changed:
+      detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in changed)
+      raise ValueError(f"--out {out_dir} holds checkpoints of another recipe ({detail}); resume with the same "
+                       "recipe or train into a new --out")
+  if not has_ckpt:  # a fresh run (a run from before this file was kept resumes unchecked)
+    from dlm.io.params import atomic_write
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(mine, indent=1, sort_keys=True) + "\n"))
 
 
 def _batch(tasks, seed: int, step: int):
@@ -133,6 +165,7 @@ def train(cfg: TrainConfig, out_dir, *, progress: bool = True, stop_after: int |
   `stop_after` ends the run early after that many steps of this call (used to test resume).
   """
   out_dir = Path(out_dir)
+  check_resume(cfg, out_dir)
   tasks = cfg.task_objects()
   model, optimizer = make_model_and_optimizer(cfg)
   manager = checkpoint_manager(out_dir)
