@@ -128,3 +128,36 @@ def test_table_shows_settings_that_differ_from_defaults_uncut():
   assert len(texts) == 2 and texts[0] != texts[1]
   assert "use_marginals=True" in texts[0] + texts[1] and "use_marginals=False" not in texts[0] + texts[1]
   assert all("head=testbed" not in t for t in texts)  # a default is not repeated on every row
+
+
+def test_frontier_figure_is_legible():
+  """Issue 28 item 12: one colour per family in every panel, plain-number log ticks (no minor labels), one legend
+  below the panels (none on the data), and a panel whose points all score ~0 says so."""
+  import matplotlib.pyplot as plt
+  from dlm.eval.plots import frontier_figure
+
+  def rec(task, family, nfe, score, label):
+    return dict(task=task, family=family, nfe_mean=nfe, score=score, score_ci95=0.02, gen_length=16,
+                block_length=8, label=label, accuracy_scored=True)
+  records = [rec("add", "LowConfidence", n, 0.9 - n / 100, f"steps={n}") for n in (4, 8, 16)]
+  records += [rec("add", "Threshold", 3.0, 0.85, "tau=0.9"), rec("reverse", "Threshold", 5.0, 0.0, "tau=0.9"),
+              rec("reverse", "LowConfidence", 16.0, 0.001, "steps=16")]
+  fig = frontier_figure(records)
+  try:
+    add, reverse = fig.axes[:2]
+    colors = {}
+    for ax in (add, reverse):
+      for bars in ax.containers:  # one errorbar container per family, its data line first
+        color = bars.lines[0].get_color()
+        assert colors.setdefault(bars.get_label(), color) == color
+      assert ax.get_legend() is None
+      assert not [t for t in ax.xaxis.get_minorticklabels() if t.get_text()]
+    assert set(colors) == {"LowConfidence", "Threshold"} and len(set(colors.values())) == 2
+    fig.canvas.draw()
+    majors = [t.get_text() for t in add.xaxis.get_majorticklabels() if t.get_text()]
+    assert majors and all("10^" not in t and "\\times" not in t for t in majors), majors
+    assert len(fig.legends) == 1
+    assert any("scores ~0" in t.get_text() for t in reverse.texts)
+    assert not any("scores ~0" in t.get_text() for t in add.texts)
+  finally:
+    plt.close(fig)

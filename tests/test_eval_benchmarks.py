@@ -1,8 +1,9 @@
-"""`dlm eval` (dlm/eval/benchmarks.py): GSM8K answer extraction on hand cases, the sandboxed code runner (an
-infinite loop and a memory hog are stopped within their limits), HumanEval scoring with canned completions, and
+"""`dlm eval` (dlm/eval/benchmarks.py): GSM8K answer extraction on hand cases, the code runner (an infinite
+loop and a memory hog are stopped within their limits, each attack on the evaluator fails), HumanEval scoring with canned completions, and
 both benchmarks end to end through the CLI / the library on small local files."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -60,6 +61,51 @@ def test_the_runner_stops_an_infinite_loop_and_a_memory_hog():
   t0 = time.perf_counter()
   assert run_program("x = bytearray(4 * 1024 ** 3)\n", memory_mb=256) == "memory"
   assert time.perf_counter() - t0 < 10
+
+
+ATTACKS = {
+    # a grandchild in its own session that would outlive the timeout (it was 52 s for --timeout 3)
+    "grandchild": ("import os, subprocess, sys\n"
+                   "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+                   "while True: pass\n"),
+    # a daemon left behind by a program that passes
+    "daemon": ("import subprocess, sys\n"
+               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"),
+    "kill_parent": "import os\nos.kill(os.getppid(), 9)\n",  # killed the evaluator (exit 137, no output)
+    "flood": "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(300): sys.stderr.write(chunk)\nraise SystemExit(1)\n",
+}
+
+
+def _sleepers() -> set[int]:
+  """Pids of the attacks' `time.sleep(600)` processes still alive."""
+  out = set()
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        cmd = open(f"/proc/{entry}/cmdline", "rb").read()
+      except OSError:
+        continue
+      if b"time.sleep(600)" in cmd and b"import time" in cmd:
+        out.add(int(entry))
+  return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the subreaper and /proc are Linux's")
+def test_the_runner_survives_each_attack_and_leaves_nothing_behind():
+  """Issue 28: the evaluator survives and reports each attack as a failed (or timed-out) problem; nothing the
+  program started outlives it.  (Files and network stay reachable: dlm.eval.code_runner says so, and the README
+  asks for a container.)"""
+  before = _sleepers()
+  t0 = time.perf_counter()
+  assert run_program(ATTACKS["grandchild"], timeout_s=1.0) == "timeout"
+  assert time.perf_counter() - t0 < 8
+  assert run_program(ATTACKS["daemon"], timeout_s=5.0) == "passed"  # it passes, but its daemon is gone
+  assert _sleepers() <= before
+  assert run_program(ATTACKS["kill_parent"], timeout_s=5.0) == "failed"  # we are still here to say so
+  import resource
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  assert run_program(ATTACKS["flood"], timeout_s=30.0) == "failed"
+  assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 100 * 1024  # KiB: 300 MB went nowhere
 
 
 def test_humaneval_scoring_with_canned_completions():

