@@ -190,9 +190,11 @@ def lrd_reference(model, prompts, valid, *, gen_length, block_length, r_f, top_p
 
 
 def smoothing_reference(model, prompts, valid, *, gen_length, block_length, tau, w_max=0.3, w_init=0.15,
-                        w_growth=0.02, decay=0.02):
-  """dInfer's IterationSmooth + ThresholdParallelDecoder (no cache, greedy), written from its description, one row
-  at a time with Fast-dLLM's tie rule.  -> (canvas [B, P + G], forwards per row [B])."""
+                        w_growth=0.02, decay=0.02, maximum_unroll=4, expected_tpf=8):
+  """dInfer's IterationSmooth + ThresholdParallelDecoder (no cache, greedy) under its BlockRunner (groups of
+  max(min(masked // expected_tpf, maximum_unroll), 1) forwards before the block is checked), written from
+  inclusionAI/dInfer `generate_uniform.py`, one row at a time with Fast-dLLM's tie rule.
+  -> (canvas [B, P + G], forwards per row [B])."""
   fwd = _soft_forward(model)
   m_id = model.cfg.mask_id
   table = np.asarray(model.embed.embedding[...], np.float64)
@@ -205,24 +207,34 @@ def smoothing_reference(model, prompts, valid, *, gen_length, block_length, tau,
     for blk in range(gen_length // block_length):
       s, e = p + blk * block_length, p + (blk + 1) * block_length
       while (x[s:e] == m_id).any():
-        logits = fwd(_row_inputs(table, x, beliefs, m_id), v)[p:]  # every answer slot
-        logits[:, m_id] = -np.inf
-        weight, tau_t = min(w_init + w_growth * t, w_max), max(1 - decay * t, tau)
-        prob = softmax(logits)
-        x0 = logits.argmax(-1)
-        conf = prob[np.arange(gen_length), x0][s - p:e - p]
-        masked = x[s:e] == m_id
-        chosen = masked & (conf >= tau_t)
-        chosen[np.argmax(np.where(masked, conf, -np.inf))] = True
-        x[s:e] = np.where(chosen, x0[s - p:e - p], x[s:e])
-        for i in range(gen_length):
-          weights = weight * prob[i]
-          weights[m_id] += 1.0
-          beliefs[p + i] = weights
-        t += 1
+        for _ in range(max(min(int((x[s:e] == m_id).sum()) // expected_tpf, maximum_unroll), 1)):
+          t = _smoothing_forward(fwd, table, x, beliefs, v, m_id, p, s, e, gen_length, t, tau, w_max, w_init,
+                                 w_growth, decay)
     out.append(x)
     nfes.append(t)
   return np.stack(out), np.array(nfes)
+
+
+def _smoothing_forward(fwd, table, x, beliefs, v, m_id, p, s, e, gen_length, t, tau, w_max, w_init, w_growth,
+                       decay):
+  """One IterationSmooth forward: decode the block [s, e) at the annealed threshold (nothing when it has no masks
+  left), rebuild every answer slot's belief; x and beliefs in place -> t + 1."""
+  logits = fwd(_row_inputs(table, x, beliefs, m_id), v)[p:]  # every answer slot
+  logits[:, m_id] = -np.inf
+  weight, tau_t = min(w_init + w_growth * t, w_max), max(1 - decay * t, tau)
+  prob = softmax(logits)
+  x0 = logits.argmax(-1)
+  conf = prob[np.arange(gen_length), x0][s - p:e - p]
+  masked = x[s:e] == m_id
+  chosen = masked & (conf >= tau_t)
+  if masked.any():
+    chosen[np.argmax(np.where(masked, conf, -np.inf))] = True
+  x[s:e] = np.where(chosen, x0[s - p:e - p], x[s:e])
+  for i in range(gen_length):
+    weights = weight * prob[i]
+    weights[m_id] += 1.0
+    beliefs[p + i] = weights
+  return t + 1
 
 
 def apd_reference(dllm, ar, prompts, valid, *, gen_length, R, M, W=None, stop="eos"):

@@ -146,6 +146,21 @@ def test_smoothing_matches_the_numpy_loop_row_by_row(model, tau):
   np.testing.assert_array_equal(np.asarray(out.nfe), nfe)
 
 
+@pytest.mark.parametrize("unroll", [dict(expected_tpf=1), dict(expected_tpf=2, maximum_unroll=3)])
+def test_smoothing_runs_dinfers_forward_groups_past_the_block_end(model, unroll):
+  """dInfer checks the block only after a group of forwards, so a block that completes inside the group still
+  takes the group's remaining forwards (NFE, t and beliefs move on); against the loop written from BlockRunner."""
+  out = generate(model, PROMPTS, VALID, sampler=IterationSmoothing(tau=0.001, decay=0.5, **unroll), gen_length=8,
+                 block_length=4)
+  ref, nfe = smoothing_reference(model, PROMPTS, VALID, gen_length=8, block_length=4, tau=0.001, decay=0.5,
+                                 **unroll)
+  np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+  np.testing.assert_array_equal(np.asarray(out.nfe), nfe)
+  check = generate(model, PROMPTS, VALID, sampler=IterationSmoothing(tau=0.001, decay=0.5, maximum_unroll=1),
+                   gen_length=8, block_length=4)
+  assert (np.asarray(out.nfe) > np.asarray(check.nfe)).any()  # the groups ran forwards past a finished block
+
+
 def test_smoothing_with_zero_weight_is_hard_threshold_decoding(model):
   """w = 0 feeds exactly the mask embedding (one-hot on the mask id), and tau > 1 keeps the annealed threshold
   above every confidence: one slot per step, as Fast-dLLM's threshold rule with tau > 1 on hard inputs."""
