@@ -37,6 +37,14 @@ from dlm.model.transformer import Transformer, layer_path, per_layer_shapes
 
 LLADA_IDS = {"mask_id": 126_336, "eos_id": 126_081, "eot_id": 126_348}  # <|mdm_mask|>, <|endoftext|>, <|eot_id|>
 DREAM_IDS = {"mask_id": 151_666, "eos_id": 151_643, "eot_id": 151_645}  # <|mask|>, <|endoftext|>, <|im_end|>
+# SDAR: <|MASK|> (SDAR's generate.py reads it from the tokenizer's mask_token; the folder's tokenizer wins, see
+# load_hf), <|endoftext|>, <|im_end|>.
+SDAR_IDS = {"mask_id": 151_669, "eos_id": 151_643, "eot_id": 151_645}
+# Fast-dLLM v2: config.json names no mask id; 151665 is the default of its generation code (batch_sample,
+# generate).  Its eos_token_id is <|im_end|> (151645, the stop token of v2/eval.py); <|endoftext|> is the second.
+FAST_DLLM_V2_IDS = {"mask_id": 151_665, "eos_id": 151_645, "eot_id": 151_643}
+DEFAULT_BLOCK = {"sdar": 4, "fast_dllm_v2": 32}  # when config.json has no block size (SDAR README, bd_size)
+_QWEN_STYLE = ("dream", "sdar", "fast_dllm_v2")  # model.layers.{i}.self_attn.* / mlp.* names
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # non-persistent buffers some exporters still write
@@ -102,12 +110,17 @@ def detect_arch(hf_cfg: Mapping[str, Any]) -> str:
     return "llada"
   if "DreamModel" in archs or model_type == "dream":
     return "dream"
+  if "SDARForCausalLM" in archs or model_type == "sdar":
+    return "sdar"
+  if "Fast_dLLM_QwenForCausalLM" in archs or model_type == "fast_dllm_qwen":
+    return "fast_dllm_v2"
   if "arch" in hf_cfg and "architectures" not in hf_cfg:
     raise CheckpointError("this config.json was written by dlm.io.params.save_model; load that folder with "
                           "dlm.io.params.load_model (or `dlm convert --to-hf` it first)")
   raise CheckpointError(f"unsupported architecture: architectures={hf_cfg.get('architectures')} "
-                        f"model_type={hf_cfg.get('model_type')!r}; dlm reads LLaDA (LLaDAModelLM / 'llada') and "
-                        f"Dream (DreamModel / 'Dream')")
+                        f"model_type={hf_cfg.get('model_type')!r}; dlm reads LLaDA (LLaDAModelLM / 'llada'), "
+                        f"Dream (DreamModel / 'Dream'), SDAR (SDARForCausalLM / 'sdar') and Fast-dLLM v2 "
+                        f"(Fast_dLLM_QwenForCausalLM / 'Fast_dLLM_Qwen')")
 
 
 def _need(hf_cfg, key: str, arch: str):
@@ -177,20 +190,33 @@ def config_from_hf(hf_cfg: Mapping[str, Any], *, dtype: str = "bfloat16", param_
         tie_embeddings=bool(g("weight_tying", False)), logit_shift=False,
         **_special_ids(hf_cfg, LLADA_IDS, vocab), **common)
   g = lambda k, d=None: hf_cfg.get(k, d)  # noqa: E731
-  _check(g("hidden_act", "silu") == "silu", f"Dream hidden_act={g('hidden_act')!r}: only silu")
-  _check(not g("rope_scaling"), f"Dream rope_scaling={g('rope_scaling')} is not supported")
+  name = {"dream": "Dream", "sdar": "SDAR", "fast_dllm_v2": "Fast-dLLM v2"}[arch]
+  _check(g("hidden_act", "silu") == "silu", f"{name} hidden_act={g('hidden_act')!r}: only silu")
+  _check(not g("rope_scaling"), f"{name} rope_scaling={g('rope_scaling')} is not supported")
+  _check(not g("use_sliding_window", False), f"{name} use_sliding_window=true is not supported")
   d_model, n_heads = _need(hf_cfg, "hidden_size", arch), _need(hf_cfg, "num_attention_heads", arch)
   n_kv = g("num_key_value_heads")
   head_dim = g("head_dim")
   vocab = _need(hf_cfg, "vocab_size", arch)
+  layout = {}
+  if arch == "sdar":
+    # Qwen3: attention_bias puts a bias on q, k, v *and* o; SDAR's releases have none, and neither does dlm.
+    _check(not g("attention_bias", False), "SDAR attention_bias=true (biases on q/k/v/o) is not supported")
+    layout = dict(qkv_bias=False, qk_norm=True, logit_shift=False)
+  else:  # Qwen2 bodies: q/k/v biases, no o bias; Dream and Fast-dLLM v2 both read position i - 1 for slot i
+    layout = dict(qkv_bias=True, logit_shift=True)
+  if arch in DEFAULT_BLOCK:
+    block = g("block_size") or g("bd_size") or DEFAULT_BLOCK[arch]
+    layout.update(attention_layout="block_causal", block_size=int(block))
+  ids = {"dream": DREAM_IDS, "sdar": SDAR_IDS, "fast_dllm_v2": FAST_DLLM_V2_IDS}[arch]
   return ModelConfig(
       vocab_size=vocab, d_model=d_model, n_layers=_need(hf_cfg, "num_hidden_layers", arch), n_heads=n_heads,
       n_kv_heads=None if n_kv in (None, n_heads) else n_kv,
       head_dim=None if head_dim in (None, d_model // n_heads) else head_dim,
       mlp_hidden=_need(hf_cfg, "intermediate_size", arch), max_len=_need(hf_cfg, "max_position_embeddings", arch),
-      rope_theta=float(g("rope_theta", 10_000.0)), norm_eps=float(g("rms_norm_eps", 1e-6)), qkv_bias=True,
-      tie_embeddings=bool(g("tie_word_embeddings", False)), logit_shift=True,
-      **_special_ids(hf_cfg, DREAM_IDS, vocab), **common)
+      rope_theta=float(g("rope_theta", 10_000.0)), norm_eps=float(g("rms_norm_eps", 1e-6)),
+      tie_embeddings=bool(g("tie_word_embeddings", False)), **layout,
+      **_special_ids(hf_cfg, ids, vocab), **common)
 
 
 _TORCH_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -208,6 +234,9 @@ def config_to_hf(cfg: ModelConfig, *, dtype: str | None = None, base: Mapping[st
       raise CheckpointError("LLaDA layout has no logit shift; this network has logit_shift=True")
     if cfg.dim_per_head * cfg.n_heads != cfg.d_model:
       raise CheckpointError(f"LLaDA layout needs head_dim * n_heads == d_model; got {cfg.head_dim=}")
+    if cfg.qk_norm or cfg.block_causal:
+      raise CheckpointError(f"LLaDA layout is bidirectional without q/k norm; got {cfg.attention_layout=} "
+                            f"{cfg.qk_norm=}")
     out.update({
         "architectures": ["LLaDAModelLM"], "model_type": "llada", "block_type": "llama",
         "activation_type": "silu", "layer_norm_type": "rms", "rope": True, "alibi": False,
@@ -217,15 +246,27 @@ def config_to_hf(cfg: ModelConfig, *, dtype: str | None = None, base: Mapping[st
         "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps, "embedding_size": cfg.vocab_size,
         "vocab_size": min(out.get("vocab_size") or cfg.vocab_size, cfg.vocab_size), **ids})
     return out
-  if not (cfg.logit_shift and cfg.qkv_bias):
-    raise CheckpointError(f"Dream (Qwen2) layout needs qkv_bias=True and logit_shift=True; got {cfg.qkv_bias=} "
-                          f"{cfg.logit_shift=}")
+  qwen = {"dream": ("DreamModel", "Dream"), "sdar": ("SDARForCausalLM", "sdar"),
+          "fast_dllm_v2": ("Fast_dLLM_QwenForCausalLM", "Fast_dLLM_Qwen")}[cfg.arch]
+  expected = dict(dream=dict(qkv_bias=True, logit_shift=True, qk_norm=False, block_causal=False),
+                  sdar=dict(qkv_bias=False, logit_shift=False, qk_norm=True, block_causal=True),
+                  fast_dllm_v2=dict(qkv_bias=True, logit_shift=True, qk_norm=False, block_causal=True))[cfg.arch]
+  wrong = {k: getattr(cfg, k) for k, v in expected.items() if getattr(cfg, k) != v}
+  if wrong:
+    raise CheckpointError(f"the {cfg.arch} layout needs {expected}; this network has {wrong}")
   out.update({
-      "architectures": ["DreamModel"], "model_type": "Dream", "hidden_act": "silu", "hidden_size": cfg.d_model,
+      "architectures": [qwen[0]], "model_type": qwen[1], "hidden_act": "silu", "hidden_size": cfg.d_model,
       "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
       "num_key_value_heads": cfg.num_kv_heads, "intermediate_size": cfg.mlp_hidden,
       "max_position_embeddings": cfg.max_len, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps,
       "vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings, "rope_scaling": None, **ids})
+  if cfg.arch == "sdar":
+    out.update(attention_bias=False, block_size=cfg.block_size)
+  if cfg.arch == "fast_dllm_v2":
+    out["bd_size"] = cfg.block_size
+    out.pop("mask_token_id")  # as the release: its generation code takes the id as an argument (default 151665)
+    if cfg.mask_id != FAST_DLLM_V2_IDS["mask_id"]:
+      out["mask_token_id"] = cfg.mask_id  # a non-default id must survive the round trip
   if cfg.head_dim is not None:
     out["head_dim"] = cfg.head_dim
   return out
@@ -252,6 +293,8 @@ def weight_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
     linear = {f"self_attn.{p}": f"attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
     linear |= {f"mlp.{p}": f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")}
     norms = {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"}
+    if cfg.qk_norm:
+      norms |= {"self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm"}
     prefix = "model.layers.{i}."
     final = {"model.norm.weight": ("final_norm.scale", False)}
     head = "lm_head.weight"
@@ -376,7 +419,10 @@ def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param
             mesh: jax.sharding.Mesh | None = None, shardings: ShardingSpec = None, max_len: int | None = None,
             revision: str | None = None, token: str | bool | None = None, local_files_only: bool = False
             ) -> tuple[Transformer, HFTokenizer | None]:
-  """Load a LLaDA or Dream Hugging Face folder or hub id as (network, tokenizer or None).
+  """Load a LLaDA, Dream, SDAR or Fast-dLLM v2 Hugging Face folder or hub id as (network, tokenizer or None).
+
+  The mask id is config.json's `mask_token_id`, else the folder tokenizer's mask_token (as SDAR's generate.py
+  reads it), else the architecture's known id (Fast-dLLM v2: 151665, its generation code's default).
 
   A hub id `org/name[@revision]` is read from the local Hugging Face cache, or downloaded into it first
   (dlm.io.hub: only the files a model needs, with progress bars; revision / token / local_files_only as
@@ -392,7 +438,11 @@ def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param
   over `mesh` when a mesh is given, else placed on the default device.
   """
   folder = resolve_model_path(path_or_hub_id, revision=revision, token=token, local_files_only=local_files_only)
-  cfg = config_from_hf(read_config(folder), dtype=dtype, param_dtype=param_dtype, max_len=max_len)
+  hf_cfg = read_config(folder)
+  tokenizer = HFTokenizer.from_folder(folder)
+  if "mask_token_id" not in hf_cfg and tokenizer is not None and tokenizer.mask_id is not None:
+    hf_cfg = {**hf_cfg, "mask_token_id": tokenizer.mask_id}  # SDAR's generate.py: the tokenizer's mask_token
+  cfg = config_from_hf(hf_cfg, dtype=dtype, param_dtype=param_dtype, max_len=max_len)
   if mesh is not None and shardings is None:
     from dlm.parallel.rules import loading_rule
     shardings = loading_rule(mesh, cfg)
@@ -420,7 +470,7 @@ def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param
       gc.collect(0)  # a copying device_put leaves the host buffer in a young reference cycle: free it now
     leaves.append((key, var.replace(value)))
   model = nnx.merge(graphdef, nnx.from_flat_state(leaves))
-  return model, HFTokenizer.from_folder(folder)
+  return model, tokenizer
 
 
 def _read_parameter(tensors, parts, shape, dtype, sharding) -> jax.Array:

@@ -1,4 +1,5 @@
-"""Bidirectional transformer denoiser (Flax NNX) with a separate vocabulary head.
+"""Transformer denoiser (Flax NNX) with a separate vocabulary head: bidirectional (LLaDA, Dream), block-causal
+(SDAR, Fast-dLLM v2: `ModelConfig.attention_layout`) or causal (the AR draft model).
 
 Contract (DESIGN.md §2):
   hidden, cache = net(inputs, positions, valid, cache=None, window_start=None)
@@ -86,6 +87,19 @@ def positions_from_valid(valid: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0) * valid
 
 
+def block_causal_mask(positions, valid, cached: bool, block_size: int):
+  """[B, W, L] bool: query i (rotary position positions[b, i]) may see key j iff key j's block is not later than
+  the query's.  Without a cache the keys are the inputs, at `positions`; with one they are the L canvas slots, at
+  the positions a left-padded canvas gives them (`positions_from_valid` of the keys' validity), which is what
+  every cached caller of the network passes."""
+  if cached:
+    key_valid = valid if valid.ndim == 2 else valid.any(axis=1)  # [B, L]
+    key_positions = positions_from_valid(key_valid)
+  else:
+    key_positions = positions  # [B, L] (W == L)
+  return (key_positions[:, None, :] // block_size) <= (positions[:, :, None] // block_size)
+
+
 class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
@@ -124,14 +138,21 @@ class Attention(nnx.Module):
     self.k_proj = _linear(cfg.d_model, hkv * dh, cfg.qkv_bias, cfg, rngs)
     self.v_proj = _linear(cfg.d_model, hkv * dh, cfg.qkv_bias, cfg, rngs)
     self.o_proj = _linear(h * dh, cfg.d_model, False, cfg, rngs)
+    if cfg.qk_norm:  # Qwen3: one RMSNorm over head_dim shared by every head, applied before RoPE
+      self.q_norm = RMSNorm(dh, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
+      self.k_norm = RMSNorm(dh, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
     self.impl = "xla"  # attention backend (dlm.kernels.attention); static, set through Transformer.set_attention
 
   def __call__(self, x, positions, valid, layer_cache, window_start):
     cfg = self.cfg
     b, w, _ = x.shape
     h, hkv, dh = cfg.n_heads, cfg.num_kv_heads, cfg.dim_per_head
-    q = _rope(self.q_proj(x).reshape(b, w, h, dh), positions, cfg.rope_theta)
-    k = _rope(self.k_proj(x).reshape(b, w, hkv, dh), positions, cfg.rope_theta)
+    q = self.q_proj(x).reshape(b, w, h, dh)
+    k = self.k_proj(x).reshape(b, w, hkv, dh)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = _rope(q, positions, cfg.rope_theta)
+    k = _rope(k, positions, cfg.rope_theta)
     v = self.v_proj(x).reshape(b, w, hkv, dh)
     if layer_cache is not None:
       cache_k, cache_v = layer_cache
@@ -142,6 +163,8 @@ class Attention(nnx.Module):
     if cfg.causal:  # query i of the window sits at canvas index window_start + i; it sees keys <= it
       query_index = window_start + jnp.arange(w)  # [W]
       allowed = allowed & (jnp.arange(allowed.shape[-1])[None, None, :] <= query_index[None, :, None])
+    if cfg.block_causal:
+      allowed = allowed & block_causal_mask(positions, valid, layer_cache is not None, cfg.block_size)
     out = attend(q, k, v, allowed, self.impl).reshape(b, w, h * dh)
     return self.o_proj(out), (k, v)
 
