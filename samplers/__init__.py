@@ -15,10 +15,11 @@ from dlm.samplers.learn2pd import Learn2PD
 from dlm.samplers.lrd import LatentRefinement
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
+from dlm.samplers.sdar import SDARSampler
 from dlm.samplers.smoothing import IterationSmoothing
 from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
 
 __all__ = ["AdaptiveParallel", "Ancestral", "Credit", "Dilated", "DreamSampler", "EntropyBounded", "Factor", "Hierarchy",
-           "IterationSmoothing", "JointSampler", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "Sampler", "Threshold", "Wino",
+           "IterationSmoothing", "JointSampler", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "SDARSampler", "Sampler", "Threshold", "Wino",
            "exponential_hires", "gumbel_argmax", "make_sampler", "probability_of", "topk_per_row"]

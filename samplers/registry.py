@@ -16,6 +16,7 @@ from dlm.samplers.learn2pd import Learn2PD
 from dlm.samplers.lrd import LatentRefinement
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
+from dlm.samplers.sdar import SDARSampler
 from dlm.samplers.smoothing import IterationSmoothing
 from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
@@ -40,6 +41,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "apd": AdaptiveParallel,
     "learn2pd": Learn2PD,
     "adjust": JointSampler,
+    "sdar": SDARSampler,
 }
 
 

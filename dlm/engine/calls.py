@@ -78,10 +78,12 @@ class NetworkCalls:
 
   # -- canvas ------------------------------------------------------------------------------------------------
 
-  def initial_tokens(self, prompts):
-    """[B, P] prompts -> [B, L] canvas with every answer slot masked."""
-    mask = jnp.full((self.batch, self.gen_length), self.net.cfg.mask_id, jnp.int32)
-    return jnp.concatenate([prompts, mask], axis=1)
+  def initial_tokens(self, prompts, answer=None):
+    """[B, P] prompts -> [B, L] canvas with every answer slot masked (or `answer` [B, G]: a block-causal
+    placement's prompt tails, then masks)."""
+    if answer is None:
+      answer = jnp.full((self.batch, self.gen_length), self.net.cfg.mask_id, jnp.int32)
+    return jnp.concatenate([prompts, answer.astype(jnp.int32)], axis=1)
 
   def unconditional(self, tokens):
     """LLaDA's unsupervised CFG input: every prompt position masked.  [B, L] -> [B, L]."""

@@ -20,6 +20,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from dlm.engine.block_layout import to_caller
 from dlm.engine.generate import _deliver, _prepare
 from dlm.engine.state import Generation, LoopState
 from dlm.engine.step import StepContext, finish, initial_state, running, step
@@ -62,24 +63,28 @@ _STATICS = ("graphdef", "sampler", "spec")
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
-def _init_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, *, sampler, spec):
-  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec)
+def _init_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, answer, *, sampler, spec):
+  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
+                    answer=answer)
   return initial_state(ctx, key)
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
-def _advance_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, loop: LoopState, until, *,
-                 sampler, spec):
+def _advance_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, answer, loop: LoopState, until,
+                 *, sampler, spec):
   """The loop of `generate`, stopped after iteration `until` (one more than the state's)."""
   del key
-  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec)
+  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
+                    answer=answer)
   return jax.lax.while_loop(lambda s: running(ctx, s) & (s.iteration < until), functools.partial(step, ctx), loop)
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
-def _finish_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, loop: LoopState, *, sampler, spec):
+def _finish_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, answer, loop: LoopState, *,
+                sampler, spec):
   del key
-  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec)
+  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
+                    answer=answer)
   return finish(ctx, loop)[0]
 
 
@@ -108,7 +113,13 @@ def generate_steps(model, prompts, prompt_valid=None, **kwargs) -> Iterator[Snap
     more = goes_on(loop)
     generation = None
     if not more:
-      generation = _deliver(_finish_jit(*args, loop, **statics).replace(prompt_length=p), prompts, spec)
+      generation = _finish_jit(*args, loop, **statics)
+      if spec.placement is not None:
+        cfg = model.cfg
+        generation = to_caller(generation, spec.placement, prompts, kwargs["gen_length"], mask_id=cfg.mask_id,
+                               end_ids=cfg.end_ids, stop_at_eos=kwargs.get("stop_at_eos", False))
+      else:
+        generation = _deliver(generation.replace(prompt_length=p), prompts, spec)
     yield Snapshot(iteration=int(loop.iteration), block=int(loop.block), step=int(loop.step),
                    tokens=host(loop.tokens), commit_step=host(loop.commit_step), nfe=host(loop.nfe),
                    batch_nfe=int(loop.batch_nfe), done=host(loop.done), prompt_length=p, generation=generation)

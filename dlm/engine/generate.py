@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dlm.engine.block_layout import place_prompts, to_caller
 from dlm.engine.cache import DEFAULT_WINDOW, CachePlan, check_cache, plan_cache
 from dlm.engine.capabilities import check_combination
 from dlm.engine.state import Generation
@@ -55,6 +56,8 @@ class EngineSpec:
   mesh: jax.sharding.Mesh | None = None  # shard the batch / parameters / KV cache over it (dlm/parallel)
   # the sampler capabilities the program runs with: `check_combination`'s verdict, made once in `_prepare`
   capabilities: frozenset[str] = frozenset()
+  # a block-causal model's prompt placement (dlm/engine/block_layout.py); host arrays, compared by identity
+  placement: object = dataclasses.field(default=None, compare=False, hash=False)
 
   @property
   def trace_length(self) -> int:
@@ -132,16 +135,18 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
     raise ValueError(f"{prompt_valid.shape=} must equal {prompts.shape=}")
   if not isinstance(gen_length, int) or gen_length <= 0:
     raise ValueError(f"{gen_length=} must be a positive int")
-  if not isinstance(block_length, int) or block_length <= 0 or gen_length % block_length:
+  block_causal = model.cfg.block_causal  # its answer grows by whole blocks: gen_length is a minimum of new tokens
+  if not isinstance(block_length, int) or block_length <= 0 or (gen_length % block_length and not block_causal):
     raise ValueError(f"{block_length=} must be a positive divisor of {gen_length=}")
   total = prompts.shape[1] + gen_length
-  if total > model.cfg.max_len:
+  if total > model.cfg.max_len and not block_causal:  # a block-causal canvas is checked once placed
     raise ValueError(f"prompt length {prompts.shape[1]} + {gen_length=} = {total} exceeds the model's "
                      f"max_len={model.cfg.max_len}")
   check_cache(cache, window)
   if max_nfe is not None and (not isinstance(max_nfe, int) or max_nfe <= 0):
     raise ValueError(f"{max_nfe=} must be a positive int or None")
-  sampler.validate(gen_length, block_length)
+  if not block_causal:  # validated against the placed answer length (`_place_block_causal`)
+    sampler.validate(gen_length, block_length)
   for name in ("head_request", "verify_request"):
     if not isinstance(getattr(sampler, name), HeadRequest):
       raise TypeError(f"sampler.{name} must be a dlm.kernels.HeadRequest, got {getattr(sampler, name)!r}")
@@ -185,6 +190,11 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
                            record=record, stop_at_eos=stop_at_eos, head=head, head_blocks=head_blocks,
                            attention=attention, sampler_params=sampler_params, mesh=mesh)
   out, _ = _generate_jit(*args, **statics)
+  placement = statics["spec"].placement
+  if placement is not None:  # a block-causal model: back from the placed canvas to the caller's prompts
+    cfg = model.cfg
+    return to_caller(out, placement, prompts, gen_length, mask_id=cfg.mask_id, end_ids=cfg.end_ids,
+                     stop_at_eos=stop_at_eos)
   return _deliver(out.replace(prompt_length=args[2].shape[1]), prompts, statics["spec"])
 
 
@@ -216,6 +226,11 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
                                max_nfe)
   if prompt_valid is None:
     prompt_valid = jnp.ones(prompts.shape, bool)
+  placement = None
+  if model.cfg.block_causal:
+    placement = _place_block_causal(model, prompts, prompt_valid, sampler, gen_length, block_length, mesh)
+    prompts, prompt_valid = jnp.asarray(placement.prompts), jnp.asarray(placement.prompt_valid)
+    gen_length = placement.gen_length
   if mesh is not None:
     prompts, prompt_valid = shard_batch(mesh, prompts.astype(np.int32), prompt_valid)
   forwards_per_step = 2 if sampler.cfg_scale > 0 else 1
@@ -229,7 +244,7 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
                     cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache != "none",
                     head=resolve_head(head, rows=head_rows(sampler, prompts.shape[0], gen_length, block_length),
                                       vocab=model.cfg.vocab_size), head_blocks=head_blocks, attention=resolve_attention(attention),
-                    mesh=mesh, capabilities=capabilities)
+                    mesh=mesh, capabilities=capabilities, placement=placement)
   key = jax.random.key(0) if key is None else key
   graphdef, state = nnx.split(model)
   # The budget is a traced argument, so sweeping max_nfe reuses one compiled program.
@@ -240,15 +255,37 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
   if mesh is not None:
     state = place_params(model, state, mesh)
     params, key = replicate(mesh, (params, key))
-  args = (graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps, params)
+  answer = None if placement is None else (jnp.asarray(placement.answer_init),
+                                            jnp.asarray(placement.answer_start))
+  args = (graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps, params, answer)
   return args, dict(sampler=sampler, spec=spec)
 
 
+def _place_block_causal(model, prompts, prompt_valid, sampler, gen_length, block_length, mesh):
+  """A block-causal model's canvas (dlm/engine/block_layout.py), its limits checked in one line each."""
+  cfg = model.cfg
+  if cfg.block_size % block_length:
+    raise ValueError(f"{block_length=} must divide the model's block_size={cfg.block_size} (a block-causal model "
+                     f"decodes its blocks, or sub-blocks of them, in order)")
+  if mesh is not None:
+    raise ValueError("block-causal models run on one device in this version; pass mesh=None")
+  placement = place_prompts(prompts, prompt_valid, block_size=cfg.block_size, gen_length=gen_length,
+                            mask_id=cfg.mask_id, pad_id=cfg.eos_id if cfg.pad_id is None else cfg.pad_id)
+  total = placement.prompts.shape[1] + placement.gen_length
+  if total > cfg.max_len:
+    raise ValueError(f"the placed canvas ({placement.prompts.shape[1]} prompt + {placement.gen_length} answer "
+                     f"slots for {gen_length=}) exceeds the model's max_len={cfg.max_len}")
+  sampler.validate(placement.gen_length, block_length)
+  return placement
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampler", "spec"))
-def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, *, sampler: Sampler,
-                  spec: EngineSpec):
+def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, answer=None, *,
+                  sampler: Sampler, spec: EngineSpec):
   """The whole generation as one program: `step` (dlm/engine/step.py) in a `lax.while_loop`.
+  answer: None, or a block-causal placement's (answer_init [B, G], answer_start [B]).
   -> (Generation, aux): aux holds the loop's iteration counts (and the divergence probe) for bench/reports."""
-  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec)
+  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
+                    answer=answer)
   final = jax.lax.while_loop(functools.partial(running, ctx), functools.partial(step, ctx), initial_state(ctx, key))
   return finish(ctx, final)

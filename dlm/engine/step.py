@@ -34,7 +34,7 @@ from dlm.parallel.rules import constrain, kv_heads_split
 class StepContext:
   """The static context of one generation program (built at trace time, inside jit)."""
 
-  def __init__(self, graphdef, state, prompts, prompt_valid, params, max_steps, *, sampler, spec):
+  def __init__(self, graphdef, state, prompts, prompt_valid, params, max_steps, *, sampler, spec, answer=None):
     net = nnx.merge(graphdef, state)
     if spec.attention != "xla":
       net.set_attention(spec.attention)
@@ -54,6 +54,9 @@ class StepContext:
                                   row_window=min(sampler.row_window, self.seq_length))
     self.feed = InputFeed(capabilities)
     self.split_heads = kv_heads_split(net.cfg, spec.mesh)
+    # A block-causal placement (dlm/engine/block_layout.py): the answer's initial tokens [B, G] (a prompt tail,
+    # then masks) and the first slot of each row the engine decodes [B]; None: every answer slot masked.
+    self.answer_init, self.answer_start = (None, None) if answer is None else answer
 
   def view_of(self, hidden, uncond, request, key, tokens) -> View:
     """The head's statistics of hidden [B, N, D] as a View.  The head bans the mask id: a slot committed to it
@@ -69,7 +72,7 @@ class StepContext:
 def initial_state(ctx: StepContext, key) -> LoopState:
   b, g, spec = ctx.batch, ctx.gen_length, ctx.spec
   init = LoopState(
-      tokens=ctx.calls.initial_tokens(ctx.prompts), block=jnp.int32(0), step=jnp.int32(0), iteration=jnp.int32(0),
+      tokens=ctx.calls.initial_tokens(ctx.prompts, ctx.answer_init), block=jnp.int32(0), step=jnp.int32(0), iteration=jnp.int32(0),
       entry_masked=jnp.zeros((b,), jnp.int32), nfe=jnp.zeros((b,), jnp.int32), batch_nfe=jnp.int32(0),
       steps=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool), commit_step=jnp.full((b, g), -1, jnp.int32),
       remasked=jnp.zeros((b,), jnp.int32), hold=jnp.zeros((b,), bool),
@@ -168,9 +171,12 @@ def apply_decision(ctx: StepContext, s: LoopState, where: Where, decision) -> Ap
                  inputs=inputs)
 
 
-def first_end(answer, end_ids):
-  """Index of the first end-of-text token in each row of answer [B, G] (G when none) -> [B]."""
+def first_end(answer, end_ids, start=None):
+  """Index of the first end-of-text token in each row of answer [B, G] (G when none) -> [B].  start [B]: slots
+  before it are a block-causal placement's prompt tail, never an end."""
   is_end = jnp.isin(answer, jnp.asarray(end_ids))
+  if start is not None:
+    is_end = is_end & (jnp.arange(answer.shape[1])[None] >= start[:, None])
   return jnp.where(is_end.any(-1), jnp.argmax(is_end, -1), answer.shape[1])
 
 
@@ -182,7 +188,7 @@ def advance(ctx: StepContext, s: LoopState, where: Where, fwd, applied: Applied,
   unresolved = answer == cfg.mask_id
   done = s.done | (~unresolved.any(-1) & ~hold)
   if spec.stop_at_eos:
-    end = first_end(answer, cfg.end_ids)
+    end = first_end(answer, cfg.end_ids, ctx.answer_start)
     slot = jnp.arange(g)[None]
     ended = (end < g) & ~jnp.any(unresolved & (slot < end[:, None]), -1)
     answer = jnp.where(ended[:, None] & (slot > end[:, None]), cfg.eos_id, answer)
@@ -225,7 +231,7 @@ def finish(ctx: StepContext, final: LoopState):
   finished = ~jnp.any(answer == cfg.mask_id, -1)
   if ctx.spec.stop_at_eos:
     finished = finished | final.done
-  gen_tokens = jnp.minimum(first_end(answer, cfg.end_ids) + 1, g)
+  gen_tokens = jnp.minimum(first_end(answer, cfg.end_ids, ctx.answer_start) + 1, g)
   out = Generation(tokens=final.tokens, nfe=final.nfe, steps=final.steps, batch_nfe=final.batch_nfe,
                    finished=finished, gen_tokens=gen_tokens.astype(jnp.int32), commit_step=final.commit_step,
                    remasked=final.remasked, history=final.history if ctx.spec.record else None,
