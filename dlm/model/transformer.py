@@ -148,11 +148,9 @@ class Attention(nnx.Module):
     b, w, _ = x.shape
     h, hkv, dh = cfg.n_heads, cfg.num_kv_heads, cfg.dim_per_head
     q = self.q_proj(x).reshape(b, w, h, dh)
+    q = _rope(self.q_norm(q) if cfg.qk_norm else q, positions, cfg.rope_theta)
     k = self.k_proj(x).reshape(b, w, hkv, dh)
-    if cfg.qk_norm:
-      q, k = self.q_norm(q), self.k_norm(k)
-    q = _rope(q, positions, cfg.rope_theta)
-    k = _rope(k, positions, cfg.rope_theta)
+    k = _rope(self.k_norm(k) if cfg.qk_norm else k, positions, cfg.rope_theta)
     v = self.v_proj(x).reshape(b, w, hkv, dh)
     if layer_cache is not None:
       cache_k, cache_v = layer_cache
