@@ -99,22 +99,23 @@ def sdar_reference(net, prompt, gen_length, block, steps, rule, threshold, stop_
   return x, nfe
 
 
-@pytest.mark.parametrize("rule,steps,threshold", [("dynamic", 4, 0.3), ("static", 2, 0.9), ("sequential", 4, 0.9)])
-def test_sdar_rules_match_the_reference_loop(sdar_net, rule, steps, threshold):
+@pytest.mark.parametrize("rule,steps,threshold,cache", [("dynamic", 4, 0.3, "block"), ("static", 2, 0.9, "none"),
+                                                        ("sequential", 4, 0.9, "block")])
+def test_sdar_rules_match_the_reference_loop(sdar_net, rule, steps, threshold, cache):
   cfg = sdar_net.cfg
   prompts, valid = batch(cfg)
   sampler = make_sampler("sdar", steps=steps, rule=rule, threshold=threshold)
-  gen = generate(sdar_net, prompts, valid, sampler=sampler, gen_length=10, block_length=4)
+  gen = generate(sdar_net, prompts, valid, sampler=sampler, gen_length=10, block_length=4, cache=cache)
   answers = np.asarray(gen.answers)
   assert gen.tokens.shape == (3, prompts.shape[1] + 10)
   np.testing.assert_array_equal(np.asarray(gen.tokens)[:, :prompts.shape[1]], prompts)
   for r, n in enumerate(LENGTHS):
     want, ref_nfe = sdar_reference(sdar_net, prompts[r, -n:], 10, 4, steps, rule, threshold)
     np.testing.assert_array_equal(answers[r], want[n:n + 10], err_msg=f"row {r}")
-    # The reference also runs the prefill and one store forward per block (counted as NFE by SDAR); dlm does
-    # not run them yet and charges the denoising forwards only.
+    # The exact cache runs the reference's prefill and store forwards, but not the store after the last block
+    # (nothing reads it); without a cache only the denoising forwards run.
     stores = (n >= 4) + -(-(n + 10) // 4) - n // 4
-    assert int(gen.nfe[r]) == ref_nfe - stores
+    assert int(gen.nfe[r]) == (ref_nfe - 1 if cache == "block" else ref_nfe - stores)
   assert np.all(np.asarray(gen.commit_step) >= 0) and bool(np.all(gen.finished))
 
 
@@ -124,10 +125,15 @@ def test_caches_are_exact_for_block_causal_models(sdar_net):
   prompts, valid = batch(sdar_net.cfg)
   s = make_sampler("threshold", tau=0.5)
   runs = {c: generate(sdar_net, prompts, valid, sampler=s, gen_length=12, block_length=4, cache=c)
-          for c in ("none", "prefix", "dual")}
-  for c in ("prefix", "dual"):
+          for c in ("none", "prefix", "dual", "block")}
+  for c in ("prefix", "dual", "block"):
     np.testing.assert_array_equal(np.asarray(runs[c].tokens), np.asarray(runs["none"].tokens), err_msg=c)
-    np.testing.assert_array_equal(np.asarray(runs[c].nfe), np.asarray(runs["none"].nfe))
+  np.testing.assert_array_equal(np.asarray(runs["dual"].nfe), np.asarray(runs["none"].nfe))
+  # The exact cache adds a store forward per block after the first and the prefill (every row's prompt has a
+  # full block here), and recomputes one block per step instead of the canvas.
+  blocks = np.asarray([4, 3, 4])  # each row's own blocks: ceil((tail + 12) / 4)
+  np.testing.assert_array_equal(np.asarray(runs["block"].nfe), np.asarray(runs["none"].nfe) + blocks)
+  assert np.all(np.asarray(runs["block"].tokens_computed) < np.asarray(runs["dual"].tokens_computed))
 
 
 def test_a_row_alone_equals_the_row_in_a_batch_of_other_lengths(sdar_net):
@@ -158,6 +164,15 @@ def test_block_length_must_divide_the_models_block():
   with pytest.raises(ValueError, match="must divide the model's block_size=8") as err:
     generate(net, prompts, valid, sampler=make_sampler("threshold"), gen_length=12, block_length=3)
   assert "\n" not in str(err.value)
-  # Sub-blocks of the model's block (Fast-dLLM v2 decodes 32-token blocks in sub-blocks of 8): allowed.
-  gen = generate(net, prompts, valid, sampler=make_sampler("threshold"), gen_length=8, block_length=4)
-  assert bool(np.all(gen.finished))
+  # Sub-blocks of the model's block (Fast-dLLM v2 decodes 32-token blocks in sub-blocks of 8): allowed, and the
+  # exact cache (the whole model block forwarded at each sub-block step, shifted logits) gives the same tokens.
+  s = make_sampler("threshold", tau=0.5)
+  plain = generate(net, prompts, valid, sampler=s, gen_length=8, block_length=4)
+  cached = generate(net, prompts, valid, sampler=s, gen_length=8, block_length=4, cache="block")
+  assert bool(np.all(plain.finished))
+  np.testing.assert_array_equal(np.asarray(cached.tokens), np.asarray(plain.tokens))
+  with pytest.raises(ValueError, match="block-causal model") as err:
+    generate(init_model(tiny_sdar(), seed=0).__class__(tiny_sdar(attention_layout="bidirectional", block_size=None),
+                                                       rngs=__import__("flax").nnx.Rngs(0)),
+             prompts, valid, sampler=s, gen_length=8, block_length=4, cache="block")
+  assert "\n" not in str(err.value)

@@ -14,6 +14,8 @@ active block has changed since.
           stale until the next block entry (Fast-dLLM `generate_with_dual_cache`).
   window  window = [s - w, s + Bk + w): the block and w neighbours on each side (dInfer's vicinity refresh
           with prefix_look = after_look = w).  dInfer's warm-up full steps and periodic refresh are not modelled.
+  block   a block-causal model's exact cache (SDAR, Fast-dLLM v2): no refresh; the finished block's keys are
+          stored once by an extra forward (dlm/engine/block_cache.py).
 
 Shapes must be static inside the engine's `lax.while_loop`, where the block start s is traced.  The window of
 each block is therefore fixed in advance (`CachePlan`): a static width and a start looked up from a per-block
@@ -41,7 +43,7 @@ import jax.numpy as jnp
 
 from dlm.model.transformer import KVCache, Transformer
 
-CACHE_POLICIES = ("none", "prefix", "dual", "window")
+CACHE_POLICIES = ("none", "prefix", "dual", "window", "block")  # block: block-causal models (block_cache.py)
 DEFAULT_WINDOW = 16  # dInfer's prefix_look / after_look
 
 

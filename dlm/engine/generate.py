@@ -143,6 +143,13 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
     raise ValueError(f"prompt length {prompts.shape[1]} + {gen_length=} = {total} exceeds the model's "
                      f"max_len={model.cfg.max_len}")
   check_cache(cache, window)
+  if cache == "block":
+    if not block_causal:
+      raise ValueError("cache='block' is the exact cache of a block-causal model (SDAR, Fast-dLLM v2); this model "
+                       f"is {model.cfg.attention_layout} (use 'prefix', 'dual' or 'window')")
+    if sampler.cfg_scale > 0 or sampler.soft_inputs:
+      raise ValueError(f"cache='block' runs without CFG and soft inputs; {type(sampler).__name__} has "
+                       f"cfg_scale={sampler.cfg_scale}, soft_inputs={sampler.soft_inputs}")
   if max_nfe is not None and (not isinstance(max_nfe, int) or max_nfe <= 0):
     raise ValueError(f"{max_nfe=} must be a positive int or None")
   if not block_causal:  # validated against the placed answer length (`_place_block_causal`)
@@ -235,13 +242,13 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
     prompts, prompt_valid = shard_batch(mesh, prompts.astype(np.int32), prompt_valid)
   forwards_per_step = 2 if sampler.cfg_scale > 0 else 1
   budget = sampler.max_nfe(gen_length, block_length) * forwards_per_step if max_nfe is None else max_nfe
-  traced = record or (probe and cache != "none")
+  traced = record or (probe and cache not in ("none", "block"))
   history_length = max(sampler.max_nfe(gen_length, block_length), budget // forwards_per_step) if traced else 0
-  plan = None if cache == "none" else plan_cache(cache, prompt_length=prompts.shape[1], gen_length=gen_length,
+  plan = None if cache in ("none", "block") else plan_cache(cache, prompt_length=prompts.shape[1], gen_length=gen_length,
                                                  block_length=block_length, shift=model.cfg.logit_shift,
                                                  window=window)
   spec = EngineSpec(gen_length=gen_length, block_length=block_length, history_length=history_length,
-                    cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache != "none",
+                    cache=cache, record=record, stop_at_eos=stop_at_eos, plan=plan, probe=probe and cache not in ("none", "block"),
                     head=resolve_head(head, rows=head_rows(sampler, prompts.shape[0], gen_length, block_length),
                                       vocab=model.cfg.vocab_size), head_blocks=head_blocks, attention=resolve_attention(attention),
                     mesh=mesh, capabilities=capabilities, placement=placement)

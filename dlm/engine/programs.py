@@ -23,6 +23,8 @@ The programs:
   RowWindow        a per-row recompute window against the sampler's own KV cache (APD's kv_window).
   CachedWindows    a KV-cache policy: a block-entry refresh, then a window per step (dlm/engine/cache.py).
   ProbedCache      CachedWindows plus a full forward per step that records the cached prediction's error.
+  BlockCausalCache a block-causal model's exact cache: prefill, one block per step, a store forward per block
+                   (dlm/engine/block_cache.py).
 Input transforms (soft inputs, the input horizon) reach every program through `FeedInputs`
 (dlm/engine/inputs.py).
 """
@@ -50,6 +52,8 @@ class Forward:
   width: object  # [] int: canvas positions a charged row recomputed per pass
   canvas: jax.Array | None = None  # [B, L, D] the full forward's hidden states, when the program ran one
   shadow: jax.Array | None = None  # [B, Bk, D] the shadow rows' hidden states (ShadowRows)
+  extra_charged: jax.Array | None = None  # [B] bool: rows charged one more NFE (a block-causal store forward)
+  extra_width: object = 0  # [] int: canvas positions that extra forward recomputed
 
 
 class ForwardProgram:
@@ -208,9 +212,13 @@ class ProbedCache(CachedWindows):
     return dict(probe=state[1])
 
 
-def choose_program(capabilities: frozenset[str], *, cached: bool, probe: bool, row_window: int) -> ForwardProgram:
+def choose_program(capabilities: frozenset[str], *, cached: bool, probe: bool, row_window: int,
+                   block_cache: bool = False) -> ForwardProgram:
   """The forward program of one compiled generation: from the cache policy and the capabilities the engine runs
   with (`check_combination` has already refused what does not combine, so at most one of these applies)."""
+  if block_cache:
+    from dlm.engine.block_cache import BlockCausalCache  # it imports this module
+    return BlockCausalCache()
   if cached:
     return ProbedCache() if probe else CachedWindows()
   if "reuse_unchanged" in capabilities:

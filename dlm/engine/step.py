@@ -51,7 +51,8 @@ class StepContext:
     self.answer_view = "view_span_answer" in capabilities
     self.view_length = self.gen_length if self.answer_view else self.block_length
     self.program = choose_program(capabilities, cached=spec.plan is not None, probe=spec.probe,
-                                  row_window=min(sampler.row_window, self.seq_length))
+                                  row_window=min(sampler.row_window, self.seq_length),
+                                  block_cache=spec.cache == "block")
     self.feed = InputFeed(capabilities)
     self.split_heads = kv_heads_split(net.cfg, spec.mesh)
     # A block-causal placement (dlm/engine/block_layout.py): the answer's initial tokens [B, G] (a prompt tail,
@@ -201,14 +202,15 @@ def advance(ctx: StepContext, s: LoopState, where: Where, fwd, applied: Applied,
     row = jnp.minimum(s.iteration, spec.history_length - 1)
     history = jax.lax.dynamic_update_index_in_dim(history, answer, row, 0)
   passes = ctx.calls.forwards_per_step
+  extra = 0 if fwd.extra_charged is None else fwd.extra_charged.astype(jnp.int32)  # [B] a store forward
   return LoopState(
       tokens=tokens, block=jnp.where(block_complete, s.block + 1, s.block).astype(jnp.int32),
       step=jnp.where(block_complete, 0, s.step + 1).astype(jnp.int32), iteration=s.iteration + 1,
-      entry_masked=where.entry_masked, nfe=s.nfe + fwd.charged * passes,
+      entry_masked=where.entry_masked, nfe=s.nfe + fwd.charged * passes + extra,
       batch_nfe=s.batch_nfe + jnp.asarray(fwd.ran, jnp.int32), steps=s.steps + where.active, done=done,
       commit_step=applied.commit_step, remasked=applied.remasked, hold=hold & ~done, history=history, key=key,
       carry=carry, forward=ctx.program.settle(fwd.state, fwd, applied.changed), inputs=applied.inputs,
-      tokens_computed=s.tokens_computed + fwd.charged * (fwd.width * passes),
+      tokens_computed=s.tokens_computed + fwd.charged * (fwd.width * passes) + extra * fwd.extra_width,
       block_iterations=s.block_iterations.at[s.block].add(1))
 
 

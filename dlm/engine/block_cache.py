@@ -1,0 +1,81 @@
+"""The exact KV cache of a block-causal model (`cache="block"`), written as SDAR and Fast-dLLM v2 write it.
+
+A block-causal model's finished blocks never see later ones, so their keys and values are final once the block
+is clean.  Both references (../shared/research/block_diffusion_reference.md §1.2, §2.3) therefore
+
+  * prefill: one forward over the prompt's full blocks, storing their keys/values (only when the prompt has one);
+  * per model block: every denoising step forwards the block alone (its B slots) against the stored prefix and
+    stores nothing;
+  * once the block is clean: one more forward over it, storing its keys/values (SDAR's `store_kv=True`,
+    Fast-dLLM v2's `update_past_key_values=True`); both count it as a forward call.
+
+Here the store forward of block m runs at the entry of block m + 1, in the same loop iteration as that block's
+first denoising forward (the prefill at the entry of the first block), so a row is charged two NFE at a block
+entry.  Only rows that decode the new block are charged: a row whose own canvas has ended, or that stopped at
+end of text, pays nothing more, so its NFE is its batch-1 run's.  The store forward after a row's last block
+(which the references run and count, and whose keys nothing reads) is not run and not counted: per row,
+reference NFE = dlm NFE + 1.
+
+The engine block may be a sub-block of the model block (Fast-dLLM v2: blocks of 32 decoded in sub-blocks of 8):
+every step still forwards the whole model block, as Fast-dLLM v2 does without its block cache, and the view takes
+the sub-block's rows.  With a logit shift (Fast-dLLM v2) slot i reads output i - 1; the block's first slot reads
+the last output of the store forward (the previous block's last slot), which is where Fast-dLLM v2 takes the
+block's first token from (it commits that argmax before denoising the block; here the sampler decides it with the
+rest, from the same logits).  Its literal in-block shift gives the first slot its own output, a row it never
+decides from except for a prompt of exactly one block.
+
+Cache state: [n_layers, B, L, Hkv, Dh] over the whole canvas (the maximum length).  A denoising forward writes
+its noisy keys into the current block's slots; no later block reads them before the store forward overwrites
+them with the clean block's.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dlm.engine.cache import empty_cache, window_forward
+from dlm.engine.programs import Forward, ForwardProgram
+
+
+class BlockCausalCache(ForwardProgram):
+  """State: (KV cache [n_layers, B, L, Hkv, Dh], edge [B, D]: the output at the slot before the model block, which
+  a shifted model's first block slot reads; it comes from the store forward, or the prefill)."""
+
+  name = "block-causal-cache"
+
+  def init(self, ctx):
+    cfg = ctx.net.cfg
+    return (empty_cache(cfg, ctx.batch, ctx.seq_length), jnp.zeros((ctx.batch, cfg.d_model), cfg.compute_dtype))
+
+  def run(self, ctx, s, where, feed) -> Forward:
+    del feed  # soft inputs are refused with this cache (generate's checks)
+    calls, cfg = ctx.calls, ctx.net.cfg
+    bs, bk, p = cfg.block_size, ctx.block_length, ctx.prompt_length
+    per_model_block = bs // bk
+    model_block = s.block // per_model_block
+    block_start = p + model_block * bs  # [] first canvas slot of the model block
+    entry = (s.step == 0) & (s.block % per_model_block == 0)
+
+    def store(state, start, width):
+      hidden, kv = window_forward(ctx.net, s.tokens, calls.positions, calls.valid, state[0], start, width)
+      return kv, hidden[:, -1]
+
+    def store_previous(state):
+      return store(state, block_start - bs, bs)
+
+    def prefill(state):
+      return store(state, 0, p)
+
+    kv, edge = jax.lax.cond(entry & (model_block == 0), prefill,
+                            lambda st: jax.lax.cond(entry, store_previous, lambda st: st, st), s.forward)
+    hidden, _ = window_forward(ctx.net, s.tokens, calls.positions, calls.valid, kv, block_start, bs)  # [B, bs, D]
+    local = where.start - block_start + jnp.arange(bk)  # [Bk] the view's slots inside the forwarded block
+    if cfg.logit_shift:  # slot i reads output i - 1; the block's first slot reads the slot before the block
+      hidden = jnp.concatenate([edge[:, None].astype(hidden.dtype), hidden], axis=1)  # [B, 1 + bs, D]
+    hidden_view = jnp.take(hidden, local, axis=1)  # [B, Bk, D]
+    has_prompt_block = ctx.prompt_valid.any(-1)  # [B] the row's prompt has a full block: the reference prefills
+    stored = entry & where.active & ((model_block > 0) | has_prompt_block)  # [B]
+    width = jnp.where(model_block == 0, p, bs)
+    return Forward(hidden=hidden_view, uncond=None, state=(kv, edge), ran=1 + stored.any().astype(jnp.int32),
+                   charged=where.active, width=bs, extra_charged=stored, extra_width=width)
