@@ -44,6 +44,10 @@ class Sampler(abc.ABC):
   # dlm.engine.features.BaseFeatures: slot-aligned final hidden states, the embedding table and the vocabulary
   # head) to run a learned layer of its own on top (ADJUST; cache 'none', no CFG).
   canvas_features: bool = False
+  # Whether each model block of a block-causal model starts with a left-to-right token: the argmax of the output
+  # before the block (the store forward's last slot), committed before the block's first denoising forward
+  # (Fast-dLLM v2; needs cache='block', whose program places it).
+  block_start_ar: bool = False
 
   @property
   def head_request(self) -> HeadRequest:

@@ -176,3 +176,71 @@ def test_block_length_must_divide_the_models_block():
                                                        rngs=__import__("flax").nnx.Rngs(0)),
              prompts, valid, sampler=s, gen_length=8, block_length=4, cache="block")
   assert "\n" not in str(err.value)
+
+
+def fast_dllm_v2_reference(net, prompt, gen_length, block, sub_block, threshold):
+  """Fast-dLLM v2's batch_sample for one prompt (use_block_cache=False, greedy, no stop token).  -> (canvas, nfe).
+  The prefill needs a prompt longer than one block, as there; the test avoids a prompt of exactly one block."""
+  cfg = net.cfg
+  p = len(prompt)
+  num_blocks = gen_length // block + p // block
+  total = num_blocks * block + 1  # the AR token after the last block
+  valid = jnp.ones((1, total), bool)
+  shape = (cfg.n_layers, 1, total, cfg.num_kv_heads, cfg.dim_per_head)
+  cache = KVCache(keys=jnp.zeros(shape), values=jnp.zeros(shape))
+  x = list(prompt)
+  nfe = 0
+
+  def logits_of(hidden):
+    out = np.array(net.logits(hidden, shift=False))[0]  # [W, V]
+    out[:, cfg.mask_id] = -np.inf  # dlm's head bans the mask id (see sdar_reference)
+    return out
+
+  if p > block:
+    hidden, cache = _window_forward(net, jnp.asarray(x[:p // block * block])[None], jnp.int32(0), cache, valid)
+    nfe += 1
+    if p % block == 0:
+      x.append(int(logits_of(hidden)[-1].argmax()))
+  for b in range(p // block, num_blocks):
+    cur = np.asarray(x[b * block:] + [cfg.mask_id] * ((b + 1) * block - len(x)), np.int32)
+    x = x[:b * block]
+    while True:
+      masked = cur == cfg.mask_id
+      if not masked.any():  # the clean block: stored, and its last output gives the next block's first token
+        hidden, cache = _window_forward(net, jnp.asarray(cur)[None], jnp.int32(b * block), cache, valid)
+        nfe += 1
+        x += list(cur) + [int(logits_of(hidden)[-1].argmax())]
+        break
+      for s in range(block // sub_block):
+        lo, hi = s * sub_block, (s + 1) * sub_block
+        while (cur[lo:hi] == cfg.mask_id).any():
+          hidden, _ = _window_forward(net, jnp.asarray(cur)[None], jnp.int32(b * block), cache, valid)
+          nfe += 1
+          logits = logits_of(hidden)
+          logits = np.concatenate([logits[:1], logits[:-1]])[lo:hi]  # the sampler's shift within the block
+          probs = np.exp(logits - logits.max(-1, keepdims=True))
+          probs /= probs.sum(-1, keepdims=True)
+          x1 = probs.argmax(-1)
+          conf = np.where(cur[lo:hi] == cfg.mask_id, probs[np.arange(sub_block), x1], -np.inf)
+          take = (conf > threshold) | (np.arange(sub_block) == conf.argmax())
+          take &= cur[lo:hi] == cfg.mask_id
+          cur[lo:hi] = np.where(take, x1, cur[lo:hi])
+  return np.asarray(x), nfe
+
+
+def test_fast_dllm_v2_rule_matches_the_reference_loop():
+  net = init_model(tiny_fast_dllm_v2(dtype="float32"), seed=2)
+  cfg = net.cfg
+  lengths = (13, 16, 20)  # tails 5, 0 (a prompt of two blocks: prefill + left-to-right token), 4
+  prompts, valid = batch(cfg, lengths, seed=3)
+  sampler = make_sampler("fast_dllm_v2", threshold=0.3)
+  gen = generate(net, prompts, valid, sampler=sampler, gen_length=16, block_length=4, cache="block")
+  answers = np.asarray(gen.answers)
+  for r, n in enumerate(lengths):
+    want, ref_nfe = fast_dllm_v2_reference(net, prompts[r, -n:], 16, 8, 4, 0.3)
+    new = (n // 8 + 2) * 8 - n  # the reference's new tokens before its trailing AR token: G - tail
+    np.testing.assert_array_equal(answers[r, :new], want[n:n + new], err_msg=f"row {r}")
+    if n % 8 == 0:  # the same blocks: the reference's NFE less its last store forward
+      assert int(gen.nfe[r]) == ref_nfe - 1
+  with pytest.raises(ValueError, match="cache='block'"):
+    generate(net, prompts, valid, sampler=sampler, gen_length=16, block_length=4)

@@ -13,10 +13,17 @@ RANDOM_MODEL = dict(vocab_size=126464, d_model=256, n_layers=2, n_heads=4, mlp_h
 
 
 def _random_model(items: list[str], dtype: str | None):
-  """A randomly initialised network: LLaDA's vocabulary at a small depth, overridden by KEY=VALUE items."""
-  from dlm.model.config import ModelConfig
+  """A randomly initialised network: LLaDA's vocabulary at a small depth, overridden by KEY=VALUE items;
+  `preset=NAME` (dlm.model.config.PRESETS, e.g. sdar-1.7b) starts from a release's shape instead."""
+  from dlm.model.config import PRESETS, ModelConfig
   from dlm.model.transformer import init_model
   fields = dict(RANDOM_MODEL)
+  presets = [item.partition("=")[2] for item in items if item.startswith("preset=")]
+  if presets:
+    if presets[-1] not in PRESETS:
+      raise ValueError(f"--random-model preset={presets[-1]!r}; expected one of {sorted(PRESETS)}")
+    fields = PRESETS[presets[-1]]().to_dict()
+    items = [item for item in items if not item.startswith("preset=")]
   for item in items:
     key, sep, value = item.partition("=")
     if not sep or key not in ModelConfig.__dataclass_fields__:

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from dlm.engine.cache import empty_cache, window_forward
 from dlm.engine.programs import Forward, ForwardProgram
+from dlm.kernels.head import LOGITS
 
 
 class BlockCausalCache(ForwardProgram):
@@ -69,7 +70,10 @@ class BlockCausalCache(ForwardProgram):
 
     kv, edge = jax.lax.cond(entry & (model_block == 0), prefill,
                             lambda st: jax.lax.cond(entry, store_previous, lambda st: st, st), s.forward)
-    hidden, _ = window_forward(ctx.net, s.tokens, calls.positions, calls.valid, kv, block_start, bs)  # [B, bs, D]
+    tokens, placed = s.tokens, None
+    if ctx.sampler.block_start_ar and cfg.logit_shift:
+      tokens, placed = self._block_start_token(ctx, s, where, edge, entry, block_start)
+    hidden, _ = window_forward(ctx.net, tokens, calls.positions, calls.valid, kv, block_start, bs)  # [B, bs, D]
     local = where.start - block_start + jnp.arange(bk)  # [Bk] the view's slots inside the forwarded block
     if cfg.logit_shift:  # slot i reads output i - 1; the block's first slot reads the slot before the block
       hidden = jnp.concatenate([edge[:, None].astype(hidden.dtype), hidden], axis=1)  # [B, 1 + bs, D]
@@ -78,4 +82,16 @@ class BlockCausalCache(ForwardProgram):
     stored = entry & where.active & ((model_block > 0) | has_prompt_block)  # [B]
     width = jnp.where(model_block == 0, p, bs)
     return Forward(hidden=hidden_view, uncond=None, state=(kv, edge), ran=1 + stored.any().astype(jnp.int32),
-                   charged=where.active, width=bs, extra_charged=stored, extra_width=width)
+                   charged=where.active, width=bs, extra_charged=stored, extra_width=width,
+                   tokens=None if placed is None else tokens, placed=placed)
+
+  @staticmethod
+  def _block_start_token(ctx, s, where, edge, entry, block_start):
+    """Fast-dLLM v2's left-to-right token: at a model block's entry, a still-masked first slot gets the argmax of
+    the output before the block (greedy, as batch_sample's `argmax(logits[:, -1])`) before the block is
+    forwarded.  -> (canvas [B, L], placed [B] bool)."""
+    first = jax.lax.dynamic_slice_in_dim(s.tokens, block_start, 1, axis=1)[:, 0]  # [B]
+    placed = entry & where.active & (first == ctx.net.cfg.mask_id)
+    logits = ctx.calls.head(edge[:, None], None, LOGITS).logits[:, 0]  # [B, V], the mask id banned
+    token = jnp.where(placed, jnp.argmax(logits, -1).astype(jnp.int32), first)
+    return jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], block_start, axis=1), placed

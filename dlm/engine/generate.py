@@ -150,6 +150,10 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
     if sampler.cfg_scale > 0 or sampler.soft_inputs:
       raise ValueError(f"cache='block' runs without CFG and soft inputs; {type(sampler).__name__} has "
                        f"cfg_scale={sampler.cfg_scale}, soft_inputs={sampler.soft_inputs}")
+  if sampler.block_start_ar and (cache != "block" or not model.cfg.logit_shift):
+    raise ValueError(f"{type(sampler).__name__} starts each block with a left-to-right token, which cache='block' "
+                     f"places on a block-causal model with shifted logits (Fast-dLLM v2); got {cache=} on a "
+                     f"{model.cfg.arch} model")
   if max_nfe is not None and (not isinstance(max_nfe, int) or max_nfe <= 0):
     raise ValueError(f"{max_nfe=} must be a positive int or None")
   if not block_causal:  # validated against the placed answer length (`_place_block_causal`)

@@ -54,6 +54,8 @@ class Forward:
   shadow: jax.Array | None = None  # [B, Bk, D] the shadow rows' hidden states (ShadowRows)
   extra_charged: jax.Array | None = None  # [B] bool: rows charged one more NFE (a block-causal store forward)
   extra_width: object = 0  # [] int: canvas positions that extra forward recomputed
+  tokens: jax.Array | None = None  # [B, L] the canvas after slots the program itself committed (else None)
+  placed: jax.Array | None = None  # [B] bool: rows whose canvas the program changed (Fast-dLLM v2's first token)
 
 
 class ForwardProgram:

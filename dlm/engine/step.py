@@ -214,12 +214,24 @@ def advance(ctx: StepContext, s: LoopState, where: Where, fwd, applied: Applied,
       block_iterations=s.block_iterations.at[s.block].add(1))
 
 
+def _program_commits(ctx: StepContext, s: LoopState, fwd):
+  """The canvas the forward program ran on, with the slots it committed recorded at this iteration; the step
+  goes on from there (the view, the sampler and the block's masked count all see them as committed)."""
+  p = ctx.prompt_length
+  changed = (fwd.tokens[:, p:] != s.tokens[:, p:]) & fwd.placed[:, None]  # [B, G]
+  commit_step = jnp.where(changed, s.iteration, s.commit_step)
+  s = s.replace(tokens=fwd.tokens, commit_step=commit_step)
+  return s, locate(ctx, s)
+
+
 def step(ctx: StepContext, s: LoopState) -> LoopState:
   """One iteration of the loop: locate -> forward -> head -> decide -> apply -> advance."""
   where = locate(ctx, s)
   key, k_step = jax.random.split(s.key)
   feed = ctx.feed.read(s.inputs, s.carry, ctx.sampler)
   fwd = ctx.program.run(ctx, s, where, feed)
+  if fwd.tokens is not None:  # the program committed slots before its forward (a block's left-to-right token)
+    s, where = _program_commits(ctx, s, fwd)
   view = head(ctx, fwd, s, where, k_step)
   decision, carry = decide(ctx, view, s, where, k_step)
   applied = apply_decision(ctx, s, where, decision)
