@@ -25,13 +25,12 @@ from __future__ import annotations
 import dataclasses
 
 from dlm.engine.state import BlockState, View
-from dlm.kernels.head import HeadRequest
-from dlm.samplers.base import AdaptiveSampler, check_number
-from dlm.samplers.threshold import top1_per_row
+from dlm.samplers.base import check_number
+from dlm.samplers.threshold import ParallelBase, top1_per_row
 
 
 @dataclasses.dataclass(frozen=True)
-class FastDLLMv2(AdaptiveSampler):
+class FastDLLMv2(ParallelBase):
   """Fast-dLLM v2 threshold decoding in sub-blocks (block_length = the sub-block), with its left-to-right token
   at each block start."""
 
@@ -44,15 +43,10 @@ class FastDLLMv2(AdaptiveSampler):
     check_number("temperature", self.temperature, 0)
 
   @property
-  def head_request(self):
-    return HeadRequest(sample=True, temperature=self.temperature)
-
-  @property
   def family(self):
     return "fast_dllm_v2"
 
   def step(self, view: View, block: BlockState, carry, key):
-    del key
-    x0, conf = view.sample, view.sample_prob  # [B, Bk] each
+    x0, conf = self._propose(view, key)  # [B, Bk] each: greedy (or Gumbel-max) proposal, clean-softmax confidence
     commit = (block.masked & (conf > self.threshold)) | top1_per_row(conf, block.masked)
     return x0, commit, carry

@@ -28,8 +28,8 @@ import dataclasses
 import jax.numpy as jnp
 
 from dlm.engine.state import BlockState, View
-from dlm.kernels.head import HeadRequest
-from dlm.samplers.base import Sampler, check_number, check_positive_int, topk_per_row
+from dlm.samplers.base import check_number, check_positive_int, topk_per_row
+from dlm.samplers.threshold import ParallelBase
 
 SDAR_RULES = ("dynamic", "static", "sequential")
 
@@ -41,7 +41,7 @@ def sdar_transfer_count(block_length: int, steps: int, step) -> jnp.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class SDARSampler(Sampler):
+class SDARSampler(ParallelBase):
   """SDAR block decoding: `steps` denoising steps per block, the `rule` above, `threshold` for 'dynamic'."""
 
   steps: int = 4  # SDAR's denoising_steps (per block); its README and evaluation use steps = block length 4
@@ -57,10 +57,6 @@ class SDARSampler(Sampler):
     check_number("temperature", self.temperature, 0)
 
   @property
-  def head_request(self):
-    return HeadRequest(sample=True, temperature=self.temperature)
-
-  @property
   def family(self):
     return "sdar"
 
@@ -73,8 +69,7 @@ class SDARSampler(Sampler):
     return (gen_length // block_length) * self.steps
 
   def step(self, view: View, block: BlockState, carry, key):
-    del key
-    x0, conf = view.sample, view.sample_prob  # [B, Bk] each
+    x0, conf = self._propose(view, key)  # [B, Bk] each
     masked = block.masked
     k = jnp.broadcast_to(sdar_transfer_count(block.block_length, self.steps, block.step), masked.shape[:1])
     if self.rule == "sequential":

@@ -69,7 +69,7 @@ def factor_count(conf: jax.Array, eligible: jax.Array, f: float, rule: str = "fa
   return jnp.maximum(count, 1).astype(jnp.int32)
 
 
-class _ParallelBase(AdaptiveSampler):
+class ParallelBase(AdaptiveSampler):
   """Shared proposal of the rules that commit >= 1 slot per step until the block is full.
 
   Subclasses are frozen dataclasses that declare `temperature` themselves (so their own settings come first).
@@ -88,7 +88,7 @@ class _ParallelBase(AdaptiveSampler):
 
 
 @dataclasses.dataclass(frozen=True)
-class Threshold(_ParallelBase):
+class Threshold(ParallelBase):
   """Fast-dLLM threshold decoding: commit every masked slot with confidence >= tau, always the top-1 one.
 
   tau > 1 commits exactly one slot per step: LowConfidence with one token per step (steps == gen_length).
@@ -112,7 +112,7 @@ class Threshold(_ParallelBase):
 
 
 @dataclasses.dataclass(frozen=True)
-class Factor(_ParallelBase):
+class Factor(ParallelBase):
   """Fast-dLLM factor decoding: commit the n most confident masked slots, n chosen by `factor_count`.
 
   With f = 1 the 2nd slot needs c >= 2/3, the 3rd c >= 3/4, the 4th c >= 4/5, ...; at least one slot per step.
