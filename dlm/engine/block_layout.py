@@ -63,16 +63,25 @@ def place_prompts(prompts, prompt_valid, *, block_size: int, gen_length: int, ma
                         answer_start=tails.astype(np.int32), gen_length=answer)
 
 
+def caller_canvas(placement: BlockPlacement, prompts, gen_length: int, tokens, commit_step):
+  """Host arrays over the placed canvas (tokens [B, P' + G'], commit_step [B, G']) -> the caller's layout
+  (tokens [B, P + G]: the caller's prompts, then each row's G new slots; commit_step [B, G])."""
+  head = placement.prompts.shape[1]
+  rows = np.arange(len(placement.answer_start))[:, None]
+  cols = placement.answer_start[:, None] + np.arange(gen_length)[None]  # [B, G] engine answer slots
+  answer = np.asarray(tokens)[:, head:][rows, cols]
+  caller = np.concatenate([np.asarray(jax.device_get(prompts)).astype(np.int32), answer], axis=1)
+  return caller, np.asarray(commit_step)[rows, cols]
+
+
 def to_caller(out: Generation, placement: BlockPlacement, prompts, gen_length: int, *, mask_id: int,
               end_ids: tuple[int, ...], stop_at_eos: bool) -> Generation:
   """The engine's result over the placed canvas -> the caller's [B, P + G] layout (each row's G new slots)."""
   out = out.to_numpy()
-  b = len(placement.answer_start)
-  head = placement.prompts.shape[1]
-  rows = np.arange(b)[:, None]
+  rows = np.arange(len(placement.answer_start))[:, None]
   cols = placement.answer_start[:, None] + np.arange(gen_length)[None]  # [B, G] engine answer slots
-  answer = out.tokens[:, head:][rows, cols]
-  commit_step = out.commit_step[rows, cols]
+  tokens, commit_step = caller_canvas(placement, prompts, gen_length, out.tokens, out.commit_step)
+  answer = tokens[:, -gen_length:]
   history = None if out.history is None else out.history[:, rows, cols]
   is_end = np.isin(answer, np.asarray(end_ids))
   first = np.where(is_end.any(-1), np.argmax(is_end, -1), gen_length)
@@ -80,7 +89,6 @@ def to_caller(out: Generation, placement: BlockPlacement, prompts, gen_length: i
   if stop_at_eos:
     before = np.arange(gen_length)[None] < first[:, None]
     finished = finished | ((first < gen_length) & ~((answer == mask_id) & before).any(-1))
-  tokens = np.concatenate([np.asarray(jax.device_get(prompts)).astype(np.int32), answer], axis=1)
   out = out.replace(tokens=tokens, commit_step=commit_step, history=history, finished=finished,
                     gen_tokens=np.minimum(first + 1, gen_length).astype(np.int32),
                     prompt_length=tokens.shape[1] - gen_length)

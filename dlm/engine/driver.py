@@ -20,7 +20,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from dlm.engine.block_layout import to_caller
+from dlm.engine.block_layout import caller_canvas, to_caller
 from dlm.engine.generate import _deliver, _prepare
 from dlm.engine.state import Generation, LoopState
 from dlm.engine.step import StepContext, finish, initial_state, running, step
@@ -120,9 +120,13 @@ def generate_steps(model, prompts, prompt_valid=None, **kwargs) -> Iterator[Snap
                                end_ids=cfg.end_ids, stop_at_eos=kwargs.get("stop_at_eos", False))
       else:
         generation = _deliver(generation.replace(prompt_length=p), prompts, spec)
-    yield Snapshot(iteration=int(loop.iteration), block=int(loop.block), step=int(loop.step),
-                   tokens=host(loop.tokens), commit_step=host(loop.commit_step), nfe=host(loop.nfe),
-                   batch_nfe=int(loop.batch_nfe), done=host(loop.done), prompt_length=p, generation=generation)
+    tokens, commit_step, prompt_length = host(loop.tokens), host(loop.commit_step), p
+    if spec.placement is not None:  # a block-causal model: the caller's layout, as the final generation
+      tokens, commit_step = caller_canvas(spec.placement, prompts, kwargs["gen_length"], tokens, commit_step)
+      prompt_length = tokens.shape[1] - kwargs["gen_length"]
+    yield Snapshot(iteration=int(loop.iteration), block=int(loop.block), step=int(loop.step), tokens=tokens,
+                   commit_step=commit_step, nfe=host(loop.nfe), batch_nfe=int(loop.batch_nfe), done=host(loop.done),
+                   prompt_length=prompt_length, generation=generation)
 
 
 def _gather(x):
