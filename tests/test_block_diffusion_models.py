@@ -182,6 +182,18 @@ def test_export_round_trip_keeps_layout_ids_and_logits(tmp_path, arch):
   np.testing.assert_array_equal(dlm_logits(again, ids, valid, positions), dlm_logits(model, ids, valid, positions))
 
 
+def test_convert_both_ways_keeps_every_tensor(tmp_path):
+  from safetensors.numpy import load_file
+  from dlm.io import convert, params
+  _, tensors = write_checkpoint(tmp_path / "hf", "sdar")
+  convert.main([str(tmp_path / "hf"), str(tmp_path / "ours"), "--dtype", "float32"])
+  ours = params.load_model(tmp_path / "ours")
+  assert ours.cfg.arch == "sdar" and ours.cfg.block_causal and ours.cfg.qk_norm
+  convert.main([str(tmp_path / "ours"), str(tmp_path / "back"), "--to-hf", "--dtype", "float32"])
+  back = load_file(str(tmp_path / "back" / "model.safetensors"))
+  assert back.keys() == tensors.keys() and all(np.array_equal(back[k], v) for k, v in tensors.items())
+
+
 def test_special_ids_follow_each_release(tmp_path):
   cfg, _ = write_checkpoint(tmp_path / "fast", "fast_dllm_v2")
   fast, _ = load_hf(tmp_path / "fast", dtype="float32")

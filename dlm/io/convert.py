@@ -1,4 +1,4 @@
-"""`dlm convert SRC OUT`: a Hugging Face LLaDA/Dream folder -> dlm's params format, or back with --to-hf.
+"""`dlm convert SRC OUT`: a Hugging Face LLaDA/Dream/SDAR/Fast-dLLM v2 folder -> dlm's params format, or back with --to-hf.
 
     dlm convert GSAI-ML/LLaDA-8B-Instruct out/llada --dtype bfloat16     # HF folder (or cached hub id) -> dlm
     dlm convert out/llada out/llada-hf --to-hf                            # dlm -> HF layout
