@@ -46,7 +46,9 @@ def test_apd_matches_the_numpy_loop(model, ar_folder, R, M):
 
 
 # (1, 4) is slow-marked: (2, 3) runs the same per-row window path against the same loop (suite time).
-@pytest.mark.parametrize("W,M", [(2, 3), pytest.param(1, 4, marks=pytest.mark.slow), (40, 3)])
+# W=40 covers the whole canvas (the window program at full width; (2, 3) runs a real window): slow-marked.
+@pytest.mark.parametrize("W,M", [(2, 3), pytest.param(1, 4, marks=pytest.mark.slow),
+                                 pytest.param(40, 3, marks=pytest.mark.slow)])
 def test_apd_dllm_cache_window_matches_the_numpy_loop(model, ar_folder, W, M):
   sampler = AdaptiveParallel(R=0.7, M=M, W=W, ar_model=ar_folder)
   out = generate(model, PROMPTS, VALID, sampler=sampler, gen_length=12, block_length=12)
