@@ -92,6 +92,10 @@ class BlockCausalCache(ForwardProgram):
     forwarded.  -> (canvas [B, L], placed [B] bool)."""
     first = jax.lax.dynamic_slice_in_dim(s.tokens, block_start, 1, axis=1)[:, 0]  # [B]
     placed = entry & where.active & (first == ctx.net.cfg.mask_id)
-    logits = ctx.calls.head(edge[:, None], None, LOGITS).logits[:, 0]  # [B, V], the mask id banned
-    token = jnp.where(placed, jnp.argmax(logits, -1).astype(jnp.int32), first)
+    def greedy(edge):  # the vocabulary head runs at block entries only, not on every step
+      logits = ctx.calls.head(edge[:, None], None, LOGITS).logits[:, 0]  # [B, V], the mask id banned
+      return jnp.argmax(logits, -1).astype(jnp.int32)
+
+    ar = jax.lax.cond(placed.any(), greedy, lambda edge: first, edge)
+    token = jnp.where(placed, ar, first)
     return jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], block_start, axis=1), placed

@@ -63,13 +63,17 @@ def place_prompts(prompts, prompt_valid, *, block_size: int, gen_length: int, ma
                         answer_start=tails.astype(np.int32), gen_length=answer)
 
 
+def _answer_slots(placement: BlockPlacement, gen_length: int):
+  """(rows [B, 1], cols [B, G]): each row's G new slots in the engine's answer."""
+  rows = np.arange(len(placement.answer_start))[:, None]
+  return rows, placement.answer_start[:, None] + np.arange(gen_length)[None]
+
+
 def caller_canvas(placement: BlockPlacement, prompts, gen_length: int, tokens, commit_step):
   """Host arrays over the placed canvas (tokens [B, P' + G'], commit_step [B, G']) -> the caller's layout
   (tokens [B, P + G]: the caller's prompts, then each row's G new slots; commit_step [B, G])."""
-  head = placement.prompts.shape[1]
-  rows = np.arange(len(placement.answer_start))[:, None]
-  cols = placement.answer_start[:, None] + np.arange(gen_length)[None]  # [B, G] engine answer slots
-  answer = np.asarray(tokens)[:, head:][rows, cols]
+  rows, cols = _answer_slots(placement, gen_length)
+  answer = np.asarray(tokens)[:, placement.prompts.shape[1]:][rows, cols]
   caller = np.concatenate([np.asarray(jax.device_get(prompts)).astype(np.int32), answer], axis=1)
   return caller, np.asarray(commit_step)[rows, cols]
 
@@ -77,14 +81,13 @@ def caller_canvas(placement: BlockPlacement, prompts, gen_length: int, tokens, c
 def to_caller(out: Generation, placement: BlockPlacement, prompts, gen_length: int, *, mask_id: int,
               end_ids: tuple[int, ...], stop_at_eos: bool) -> Generation:
   """The engine's result over the placed canvas -> the caller's [B, P + G] layout (each row's G new slots)."""
+  from dlm.engine.step import first_end  # the loop's own end-of-text rule
   out = out.to_numpy()
-  rows = np.arange(len(placement.answer_start))[:, None]
-  cols = placement.answer_start[:, None] + np.arange(gen_length)[None]  # [B, G] engine answer slots
+  rows, cols = _answer_slots(placement, gen_length)
   tokens, commit_step = caller_canvas(placement, prompts, gen_length, out.tokens, out.commit_step)
   answer = tokens[:, -gen_length:]
   history = None if out.history is None else out.history[:, rows, cols]
-  is_end = np.isin(answer, np.asarray(end_ids))
-  first = np.where(is_end.any(-1), np.argmax(is_end, -1), gen_length)
+  first = np.asarray(first_end(jnp.asarray(answer), end_ids))
   finished = ~(answer == mask_id).any(-1)
   if stop_at_eos:
     before = np.arange(gen_length)[None] < first[:, None]

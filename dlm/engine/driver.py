@@ -20,8 +20,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from dlm.engine.block_layout import caller_canvas, to_caller
-from dlm.engine.generate import _deliver, _prepare
+from dlm.engine.block_layout import caller_canvas
+from dlm.engine.generate import _prepare, _result
 from dlm.engine.state import Generation, LoopState
 from dlm.engine.step import StepContext, finish, initial_state, running, step
 
@@ -113,13 +113,8 @@ def generate_steps(model, prompts, prompt_valid=None, **kwargs) -> Iterator[Snap
     more = goes_on(loop)
     generation = None
     if not more:
-      generation = _finish_jit(*args, loop, **statics)
-      if spec.placement is not None:
-        cfg = model.cfg
-        generation = to_caller(generation, spec.placement, prompts, kwargs["gen_length"], mask_id=cfg.mask_id,
-                               end_ids=cfg.end_ids, stop_at_eos=kwargs.get("stop_at_eos", False))
-      else:
-        generation = _deliver(generation.replace(prompt_length=p), prompts, spec)
+      generation = _result(model, _finish_jit(*args, loop, **statics), args, prompts, spec, kwargs["gen_length"],
+                           kwargs.get("stop_at_eos", False))
     tokens, commit_step, prompt_length = host(loop.tokens), host(loop.commit_step), p
     if spec.placement is not None:  # a block-causal model: the caller's layout, as the final generation
       tokens, commit_step = caller_canvas(spec.placement, prompts, kwargs["gen_length"], tokens, commit_step)

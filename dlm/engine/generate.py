@@ -201,12 +201,16 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
                            record=record, stop_at_eos=stop_at_eos, head=head, head_blocks=head_blocks,
                            attention=attention, sampler_params=sampler_params, mesh=mesh)
   out, _ = _generate_jit(*args, **statics)
-  placement = statics["spec"].placement
-  if placement is not None:  # a block-causal model: back from the placed canvas to the caller's prompts
+  return _result(model, out, args, prompts, statics["spec"], gen_length, stop_at_eos)
+
+
+def _result(model, out, args, prompts, spec: EngineSpec, gen_length: int, stop_at_eos: bool):
+  """The compiled program's Generation as the caller gets it (generate's and generate_steps' last step)."""
+  if spec.placement is not None:  # a block-causal model: back from the placed canvas to the caller's prompts
     cfg = model.cfg
-    return to_caller(out, placement, prompts, gen_length, mask_id=cfg.mask_id, end_ids=cfg.end_ids,
+    return to_caller(out, spec.placement, prompts, gen_length, mask_id=cfg.mask_id, end_ids=cfg.end_ids,
                      stop_at_eos=stop_at_eos)
-  return _deliver(out.replace(prompt_length=args[2].shape[1]), prompts, statics["spec"])
+  return _deliver(out.replace(prompt_length=args[2].shape[1]), prompts, spec)
 
 
 def _deliver(out, prompts, spec: EngineSpec):
