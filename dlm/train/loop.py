@@ -19,12 +19,13 @@ from dlm.io.params import save_model
 from dlm.model.config import ModelConfig
 from dlm.model.transformer import Transformer
 from dlm.tasks import TOKENIZER, Add, Chain, HMM, Reverse, Sudoku, Sudoku4, Task
-from dlm.train.loss import autoregressive_loss, masked_diffusion_loss
+from dlm.train.loss import autoregressive_loss, block_diffusion_loss, masked_diffusion_loss
 
 _TASK_CLASSES = {"add": Add, "sudoku4": Sudoku4, "reverse": Reverse, "hmm": HMM, "chain": Chain, "sudoku": Sudoku}
 
 
-OBJECTIVES = {"diffusion": masked_diffusion_loss, "autoregressive": autoregressive_loss}
+OBJECTIVES = {"diffusion": masked_diffusion_loss, "autoregressive": autoregressive_loss,
+              "block_diffusion": block_diffusion_loss}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +46,13 @@ class TrainConfig:
   ckpt_every: int = 250
   log_every: int = 50
   # "diffusion": the masked-diffusion loss (a dLLM); "autoregressive": next-token CE on a causal network (the
-  # small AR model of APD; `dlm train --causal` sets it and model.causal).
+  # small AR model of APD; `dlm train --causal` sets it and model.causal); "block_diffusion": every block of a
+  # block-causal network (model.attention_layout: block_causal) in one pass (dlm.train.loss.block_diffusion_loss).
   objective: str = "diffusion"
+  # A model to start from (a shipped name or a model folder) instead of a random initialisation: its parameters
+  # must have this recipe's shapes (the attention layout may differ, as SDAR and Fast-dLLM v2 were adapted from
+  # left-to-right models).  Read once, on a fresh run; a resumed run reads its checkpoint.
+  init_from: str | None = None
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
@@ -54,6 +60,18 @@ class TrainConfig:
     if (self.objective == "autoregressive") != bool(self.model.get("causal", False)):
       raise ValueError(f"objective={self.objective!r} needs model.causal={self.objective == 'autoregressive'} "
                        "(a causal network trains autoregressively, a bidirectional one by masked diffusion)")
+    block_causal = self.model.get("attention_layout") == "block_causal"
+    if (self.objective == "block_diffusion") != block_causal:
+      raise ValueError(f"objective={self.objective!r} needs model.attention_layout="
+                       f"{'block_causal' if self.objective == 'block_diffusion' else 'bidirectional'} (a "
+                       "block-causal network trains with objective 'block_diffusion')")
+    if block_causal and self.model.get("logit_shift"):
+      raise ValueError("model.logit_shift=True is not trained by 'block_diffusion' in this version; expected False")
+    if self.init_from is not None:
+      from dlm.io.shipped import model_source_problem
+      problem = model_source_problem(str(self.init_from))
+      if problem:
+        raise ValueError(f"init_from={self.init_from!r}: {problem}")
     for name in ("steps", "batch_per_task", "ckpt_every", "log_every"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -159,6 +177,18 @@ def restore_latest(manager: ocp.CheckpointManager, model, optimizer, step: int |
   return step
 
 
+def _init_from(model: Transformer, source: str) -> None:
+  """Copy the parameters of `source` (a shipped name or a model folder) into `model`, shapes checked."""
+  from dlm.io.shipped import load_named
+  src, _ = load_named(source, dtype=model.cfg.dtype)
+  mine, theirs = nnx.state(model, nnx.Param), nnx.state(src, nnx.Param)
+  shapes = lambda state: jax.tree.map(lambda a: (a.shape, str(a.dtype)), state.to_pure_dict())
+  if shapes(mine) != shapes(theirs):
+    raise ValueError(f"init_from={source!r}: its parameters do not have this recipe's shapes (model.* must "
+                     "match the source's config.json apart from attention_layout/block_size)")
+  nnx.update(model, theirs)
+
+
 def train(cfg: TrainConfig, out_dir, *, progress: bool = True, stop_after: int | None = None) -> Transformer:
   """Train, checkpointing to out_dir/ckpt and resuming from its latest step; writes out_dir/model at the end.
 
@@ -170,6 +200,8 @@ def train(cfg: TrainConfig, out_dir, *, progress: bool = True, stop_after: int |
   model, optimizer = make_model_and_optimizer(cfg)
   manager = checkpoint_manager(out_dir)
   start = restore_latest(manager, model, optimizer)
+  if start == 0 and cfg.init_from is not None:
+    _init_from(model, cfg.init_from)
 
   weights = [w for _, w, _ in tasks]
   objective = OBJECTIVES[cfg.objective]

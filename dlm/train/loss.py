@@ -54,3 +54,46 @@ def autoregressive_loss(net: Transformer, key, prompts, prompt_valid, answers):
   logits = net.logits(hidden[:, p - 1:p + g - 1], shift=False)  # [B, G, V]
   ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), answers[..., None], axis=-1)[..., 0]  # [B, G]
   return jnp.mean(ce), {"ce": jnp.mean(ce)}
+
+
+def block_diffusion_attention(seq_valid, block_size: int):
+  """The block-diffusion training mask over [clean sequence (N) | noisy sequence (N)], [B, 2N, 2N], and the
+  positions [B, 2N] (both copies at the same rotary positions).  seq_valid [B, N]: prompt + answer validity.
+
+  Blocks are counted by rotary position (`positions_from_valid`, as the block-causal network and the engine's
+  placement count them), so a prompt's tail shares the first answer block.  Clean copy: a query sees the valid
+  clean keys of its own block and every earlier one, exactly the block-causal inference mask.  Noisy copy: a query
+  sees the valid noisy keys of its own block and the clean keys of earlier blocks (BD3-LM's x_t/x_0 mask, the
+  pattern SDAR trains).  The noisy copy holds the prompt too, because a prompt tail in the first answer block reads
+  that block's noisy answer slots at inference.  Only the noisy answer is scored, so one pass trains every block.
+  """
+  pos = positions_from_valid(seq_valid)  # [B, N]
+  blk = pos // block_size
+  same = blk[:, None, :] == blk[:, :, None]  # [B, N(query), N(key)]
+  earlier = blk[:, None, :] < blk[:, :, None]
+  key_ok = seq_valid[:, None, :]
+  clean_rows = jnp.concatenate([key_ok & (same | earlier), jnp.zeros_like(same)], axis=2)
+  noisy_rows = jnp.concatenate([key_ok & earlier, key_ok & same], axis=2)
+  return jnp.concatenate([clean_rows, noisy_rows], axis=1), jnp.concatenate([pos, pos], axis=1)
+
+
+def block_diffusion_loss(net: Transformer, key, prompts, prompt_valid, answers):
+  """The masked-diffusion loss of a block-causal network (`ModelConfig.attention_layout='block_causal'`), every
+  block in one pass: the network reads the clean sequence and a noisy copy side by side
+  (`block_diffusion_attention`) and the noisy copy's masked answer slots are scored, weighted 1/t as
+  `masked_diffusion_loss` (one t per sequence, the answer-only masking of SFT).  Same signature and metrics as
+  `masked_diffusion_loss`."""
+  if not net.cfg.block_causal:
+    raise ValueError("block_diffusion_loss needs a block-causal network (ModelConfig.attention_layout='block_causal')")
+  noisy, masked, p_mask = mask_answer(key, answers, net.cfg.mask_id)
+  g = answers.shape[1]
+  seq_valid = jnp.concatenate([prompt_valid, jnp.ones_like(answers, bool)], axis=1)  # [B, P+G]
+  mask, positions = block_diffusion_attention(seq_valid, net.cfg.block_size)
+  tokens = jnp.concatenate([prompts, answers, prompts, noisy], axis=1)  # [B, 2(P+G)]
+  hidden, _ = net(tokens, positions, mask)
+  logits = net.logits(hidden[:, -g:])  # [B, G, V]
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), answers[..., None], axis=-1)[..., 0]  # [B, G]
+  weighted = jnp.sum(jnp.where(masked, ce, 0.0), axis=1) / p_mask / g
+  n_masked = jnp.maximum(masked.sum(), 1)
+  token_ce = jnp.sum(jnp.where(masked, ce, 0.0)) / n_masked
+  return jnp.mean(weighted), {"ce": token_ce}
