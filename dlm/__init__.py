@@ -14,8 +14,8 @@ __all__ = ["load"]
 def load(path_or_hub_id: str | os.PathLike, **kwargs):
   """Load a network as (model, tokenizer or None) from any of the folders dlm reads.
 
-  - "bundled" or "testbed": a model shipped inside the package (dlm.io.shipped), with no tokenizer (the tasks'
-    character tokenizer, dlm.tasks.TOKENIZER, encodes their prompts);
+  - "bundled", "testbed" or "testbed_bd": a model shipped inside the package (dlm.io.shipped), with no tokenizer
+    (the tasks' character tokenizer, dlm.tasks.TOKENIZER, encodes their prompts);
   - a folder written by `dlm.io.save_model` (params.safetensors + config.json, e.g. `dlm train` output or
     `dlm convert` of a Hugging Face folder): `dlm.io.load_model(folder, **kwargs)` (kwargs: dtype);
   - a sharded checkpoint written by `dlm.parallel.save_sharded` / `dlm convert --sharded` (orbax; kwargs: dtype,

@@ -210,7 +210,7 @@ def _check_head(head: str, model_name) -> None:
 
 def add_common(p):
   p.add_argument("--model", default=None, type=model_source,
-                 help="bundled | testbed (the two shipped models), a model folder or a hub id (default: "
+                 help="bundled | testbed | testbed_bd (the shipped models), a model folder or a hub id (default: "
                  "testbed for compare and the testbed tasks, bundled otherwise)")
   p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
   p.add_argument("--seed", type=nonnegative_int, default=0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dlm.cli.common import (_check_head, _grid_from_args, _load_model, _print_records, _with_head, add_common,
-                            add_scaled, cache_name, existing_dir, existing_file, packaged_config, positive_int,
-                            sampler_name, task_name, writable_dir)
+                            add_scaled, cache_name, existing_dir, existing_file, model_source, packaged_config,
+                            positive_int, sampler_name, task_name, writable_dir)
 
 # `dlm compare` with no --model/--tasks: the testbed model on the short tasks and the long ones (gen 128/81/128).
 DEFAULT_COMPARE_MODEL = "testbed"
@@ -14,7 +14,7 @@ DEFAULT_COMPARE_TASKS = ("sudoku4_hard", "hmm", "chain128", "sudoku6", "hmm128")
 
 
 def cmd_compare(args):
-  from dlm.eval.compare import check_grid, compare, write_results
+  from dlm.eval.compare import check_grid, compare, tag_models, write_results
   grid = _grid_from_args(args.sampler, args.set,
                          None if args.sampler else args.grid or packaged_config("compare_default.yaml"))
   if args.head:
@@ -30,14 +30,19 @@ def cmd_compare(args):
     from dlm.parallel.distributed import is_primary
     if is_primary():
       _claim_out(Path(args.out), args, grid)
-  model, name = _load_model(args.model, args.dtype, default=DEFAULT_COMPARE_MODEL)
-  if args.head:
-    _check_head(args.head, name)
+  if args.models and args.model:
+    raise ValueError("pass --model NAME or --models NAME [NAME ...], not both")
   from dlm.parallel.distributed import is_primary
   primary = is_primary()  # several processes (--distributed): each runs the grid, one writes
-  records = compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
-                    block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
-                    model_name=name, cells_dir=Path(args.out) / "cells" if args.out and primary else None)
+  records = []
+  for wanted in args.models or [args.model]:
+    model, name = _load_model(wanted, args.dtype, default=DEFAULT_COMPARE_MODEL)
+    if args.head:
+      _check_head(args.head, name)
+    records += compare(model, grid, args.tasks, n=args.n, batch=args.batch, seed=args.seed,
+                       block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache,
+                       model_name=name, cells_dir=Path(args.out) / "cells" if args.out and primary else None)
+  records = tag_models(records)  # several models: each family split by model
   if not primary:
     return
   _print_records(records)
@@ -53,7 +58,7 @@ def _claim_out(out: Path, args, grid) -> None:
   import json
   from dlm.eval.experiment import grid_as_yaml
   from dlm.io.params import atomic_write
-  identity = dict(kind="compare", model=args.model or DEFAULT_COMPARE_MODEL, dtype=args.dtype, tasks=list(args.tasks),
+  identity = dict(kind="compare", model=args.models or args.model or DEFAULT_COMPARE_MODEL, dtype=args.dtype, tasks=list(args.tasks),
                   grid=grid_as_yaml(grid), n=args.n, batch=args.batch, seed=args.seed, block_length=args.block_length,
                   stop_at_eos=args.stop_at_eos, cache=args.cache, head=args.head)
   marker = out / "compare.json"
@@ -72,6 +77,9 @@ def add_parser(sub):
   sampler_name_, task_name_, cache_name_ = sampler_name(), task_name(), cache_name()
   p = sub.add_parser("compare", help="run a grid of samplers on the built-in tasks")
   add_common(p)
+  p.add_argument("--models", nargs="+", default=None, type=model_source,
+                 help="run the grid on each of these models side by side (e.g. testbed testbed_bd); the table, AUP "
+                 "and plot keep each model's families apart")
   p.add_argument("--tasks", nargs="+", type=task_name_, default=list(DEFAULT_COMPARE_TASKS))
   p.add_argument("--grid", default=None, type=existing_file, help="YAML grid (default: the packaged "
                  "configs/compare_default.yaml)")

@@ -5,13 +5,14 @@ from each row's first token, prompt included, and both references decode the pro
 first block of the answer: its prompt tokens stay fixed and visible, its masks are decoded (SDAR generate.py
 L75-93; Fast-dLLM v2 batch_sample L58-64).  The engine decodes lockstep blocks on one canvas grid, so here
 
-  * each row's *full* prompt blocks (F_r = P_r // bs * bs tokens) become the engine's prompt, left-padded by a
-    multiple of the block size (so every row's blocks start at the same canvas slots);
+  * each row's *full* prompt blocks (F_r = P_r // bs * bs tokens) become the engine's prompt, left-padded to
+    P' = max(P // bs, 1) * bs slots (so every row's blocks start at the same canvas slots);
   * the row's prompt tail (P_r - F_r tokens) is written into the first answer slots, where the engine treats it
     as already committed (never decoded, never an end of text, commit step -1);
-  * the engine's answer is G' = ceil((max tail + G) / bs) * bs slots; a row's slots past its own canvas
-    (ceil((tail + G) / bs) blocks, what the reference allocates) are filled with padding, so it decodes and pays for
-    exactly the blocks its batch-1 run would.
+  * the engine's answer is G' = ceil((bs - 1 + G) / bs) * bs slots, room for the longest tail a row can have; a row's slots past its own canvas (ceil((tail + G) / bs) blocks, what the reference
+    allocates) are filled with padding, so it decodes and pays for exactly the blocks its batch-1 run would.
+    P' and G' depend on the shapes only, never on the prompts, so every batch of one shape runs one compiled
+    program and a caller can size a sampler for G' before it sees the data (`placed_answer_length`).
 
 `to_caller` cuts each row's G new tokens out again and returns a `Generation` over the caller's prompts, as a
 bidirectional model's run returns it.
@@ -39,6 +40,11 @@ class BlockPlacement:
   gen_length: int  # G' (a multiple of the block size)
 
 
+def placed_answer_length(gen_length: int, block_size: int) -> int:
+  """G': the engine's answer length for G new tokens (module docstring)."""
+  return -(-(block_size - 1 + gen_length) // block_size) * block_size
+
+
 def place_prompts(prompts, prompt_valid, *, block_size: int, gen_length: int, mask_id: int,
                   pad_id: int) -> BlockPlacement:
   prompts = np.asarray(jax.device_get(prompts)).astype(np.int32)
@@ -47,8 +53,8 @@ def place_prompts(prompts, prompt_valid, *, block_size: int, gen_length: int, ma
   lengths = valid.sum(-1)  # [B]
   full = lengths // block_size * block_size  # [B]
   tails = lengths - full
-  head = max(int(full.max()), block_size)  # at least one block, so the canvas has a prompt region
-  answer = -(-(int(tails.max()) + gen_length) // block_size) * block_size
+  head = max(p // block_size, 1) * block_size  # at least one block, so the canvas has a prompt region
+  answer = placed_answer_length(gen_length, block_size)
   new_prompts = np.full((b, head), pad_id, np.int32)
   new_valid = np.zeros((b, head), bool)
   answer_init = np.full((b, answer), mask_id, np.int32)

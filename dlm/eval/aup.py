@@ -57,9 +57,11 @@ def aup(rho, y, y_max: float, *, alpha: float = 3.0, y_min_offset: float = 5.0,
 
 
 def is_anchor(record: dict) -> bool:
-  """The one-token-per-step run of a task: low_confidence with steps = gen_length, no guidance, greedy."""
+  """The one-token-per-step run of a task: low_confidence with steps = gen_length (a block-causal model: the
+  answer slots its engine places, `answer_slots`), no guidance, greedy."""
   settings = record.get("settings") or {}
-  return (record.get("sampler") == "low_confidence" and settings.get("steps") == record.get("gen_length")
+  slots = record.get("answer_slots", record.get("gen_length"))
+  return (record.get("sampler") == "low_confidence" and settings.get("steps") == slots
           and not settings.get("cfg_scale") and not settings.get("temperature"))
 
 
@@ -76,9 +78,11 @@ def aup_table(records: list[dict]) -> list[dict]:
     if any(not 0.0 <= r["score"] <= 1.0 for r in rs) or not rs[0].get("accuracy_scored", True):
       continue
     y_max = 100.0 * max(r["score"] for r in rs)
-    anchor = next((r for r in rs if is_anchor(r)), None)
     for family in dict.fromkeys(r["family"] for r in rs):
-      points = [(r["tpf"], 100.0 * r["score"]) for r in rs if r["family"] == family]
+      members = [r for r in rs if r["family"] == family]
+      # each model's families are anchored at that model's one-token-per-step point (`tag_models`)
+      anchor = next((r for r in rs if is_anchor(r) and r.get("model") == members[0].get("model")), None)
+      points = [(r["tpf"], 100.0 * r["score"]) for r in members]
       anchored = anchor is not None and min(t for t, _ in points) > anchor["tpf"]
       if anchored:
         points = [(anchor["tpf"], 100.0 * anchor["score"])] + points

@@ -23,6 +23,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from dlm.engine import generate
+from dlm.engine.block_layout import placed_answer_length
 from dlm.engine.cache import CACHE_POLICIES
 from dlm.engine.metrics import peer_token_counts
 from dlm.samplers import SAMPLERS, make_sampler
@@ -149,10 +150,16 @@ def pad_batch(batch: int, *arrays):
   return tuple(np.concatenate([a, np.repeat(a[-1:], batch - len(a), 0)]) if len(a) < batch else a for a in arrays)
 
 
-def cell_setup(task, entry: GridEntry, *, block_length: int | None, stop_at_eos: bool, cache: str = "none"):
+def cell_setup(task, entry: GridEntry, *, block_length: int | None, stop_at_eos: bool, cache: str = "none",
+               model_block: int | None = None):
   """-> (sampler, engine options) of one grid entry on one task: the entry's settings resolved against the task
   (its `G` forms, the task's sampler defaults) and its engine overrides applied.  block_length None: the task's
-  own block (`Task.block_length`), else one block."""
+  own block (`Task.block_length`), else one block.
+
+  model_block: a block-causal model's block size.  Its engine decodes the model's own blocks (or sub-blocks of
+  them): a block that does not divide it becomes the model's block, and `G` forms resolve against the answer
+  length the engine places (`placed_answer_length`: the prompt's last partial block joins the answer), so
+  `steps: G` is one token per step there too."""
   engine = dict(entry.engine)
   cache = engine.get("cache", cache)
   stop_at_eos = engine.get("stop_at_eos", stop_at_eos)
@@ -160,13 +167,15 @@ def cell_setup(task, entry: GridEntry, *, block_length: int | None, stop_at_eos:
   if block_length is None:
     block_length = task.block_length
   gen_length = task.gen_length
-  settings = entry.resolve(gen_length)
+  settings = entry.resolve(gen_length if model_block is None else placed_answer_length(gen_length, model_block))
   fields = {f.name for f in dataclasses.fields(SAMPLERS[entry.sampler])} if entry.sampler in SAMPLERS else set()
   for name, value in task.sampler_defaults.items():
     if name in fields:
       settings.setdefault(name, value)
   sampler = make_sampler(entry.sampler, **settings)
   block = gen_length if block_length is None else min(block_length, gen_length)
+  if model_block is not None and model_block % block:
+    block = model_block
   return sampler, dict(gen_length=gen_length, block_length=block, stop_at_eos=stop_at_eos, cache=cache)
 
 
@@ -177,7 +186,8 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
   TPS times only compiled, warmed runs: the first batch runs once untimed exactly as it is then timed (the same
   padded shape, the same key derivation), so neither the compile nor any one-off dispatch lands in `wall_s`;
   `compile_s` reports that first run apart."""
-  sampler, options = cell_setup(task, entry, block_length=block_length, stop_at_eos=stop_at_eos, cache=cache)
+  sampler, options = cell_setup(task, entry, block_length=block_length, stop_at_eos=stop_at_eos, cache=cache,
+                                model_block=model_block(model))
   gen_length, block = options["gen_length"], options["block_length"]
   stop_at_eos, cache = options["stop_at_eos"], options["cache"]
   exs = task.examples(n, seed=seed)
@@ -227,6 +237,8 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
       "eos_fraction": float(np.isin(answers, end_ids).mean()),
       "reference_eos_fraction": float(np.isin(reference_answers, end_ids).mean()),
       "wall_s": wall, "compile_s": compile_s, "gen_length": gen_length, "block_length": block, "batch": batch,
+      # the slots `G` forms resolved against: gen_length, or a block-causal model's placed answer
+      "answer_slots": gen_length if model_block(model) is None else placed_answer_length(gen_length, model_block(model)),
       "stop_at_eos": stop_at_eos, "cache": cache, "model": model_name,
       "device": str(jax.devices()[0].device_kind),
       "reference_score": task.reference_score(exs), "accuracy_scored": task.accuracy_scored,
@@ -279,13 +291,20 @@ def cell_key(entry: GridEntry, task: str, **options) -> str:
   return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _cell_identity(model_fp: str, task, entry: GridEntry, *, block_length, stop_at_eos, cache) -> dict:
+def model_block(model) -> int | None:
+  """A block-causal model's block size (`cell_setup`'s model_block), None for a bidirectional one."""
+  return model.cfg.block_size if model.cfg.block_causal else None
+
+
+def _cell_identity(model_fp: str, task, entry: GridEntry, *, block_length, stop_at_eos, cache,
+                   block: int | None = None) -> dict:
   """What a cell's result depends on beyond the grid entry and the run options: the resolved sampler (settings
   and the fingerprint of its traced parameters: a learned head's or APD's AR model's weights) and the engine
   options it runs with."""
   from dlm.eval.fingerprint import dlm_version, tree_fingerprint
   try:
-    sampler, engine = cell_setup(task, entry, block_length=block_length, stop_at_eos=stop_at_eos, cache=cache)
+    sampler, engine = cell_setup(task, entry, block_length=block_length, stop_at_eos=stop_at_eos, cache=cache,
+                                 model_block=block)
     params = tree_fingerprint(sampler.default_params(engine["gen_length"], engine["block_length"]))
     settings = sampler.settings()
   except (ValueError, FileNotFoundError) as e:  # run_one reports it; the key only has to be stable
@@ -319,7 +338,7 @@ def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batc
     path = None
     if cells_dir is not None:
       identity = _cell_identity(model_fp, task, entry, block_length=block_length, stop_at_eos=stop_at_eos,
-                                cache=cache)
+                                cache=cache, block=model_block(model))
       key = cell_key(entry, task.name, model=str(model_name), n=n, batch=batch, seed=seed,
                      block_length=block_length, stop_at_eos=stop_at_eos, cache=cache, **identity)
       path = Path(cells_dir) / f"{key}.json"
@@ -372,16 +391,36 @@ def shown_settings(record: dict) -> str:
   return ",".join(f"{k}={v}" for k, v in shown.items()) or "(defaults)"
 
 
+def tag_models(records: list[dict]) -> list[dict]:
+  """Records of several models (`dlm compare --models`, `dlm run` with several models): each family is split by
+  model (`threshold @ testbed_bd`), so the AUP table, the frontier plot and the table keep the models apart.
+  Records of one model are returned as they are."""
+  if len({r.get("model") for r in records}) < 2:
+    return records
+  suffix = lambda r: f" @ {r.get('model')}"
+  return [r if r["family"].endswith(suffix(r)) else {**r, "family": r["family"] + suffix(r)} for r in records]
+
+
 def format_table(records: list[dict]) -> str:
-  """One line per record, sorted by task (in run order) then NFE; `dist` is the HMM distribution distance."""
+  """One line per record, sorted by task (in run order), model, then NFE; `dist` is the HMM distribution
+  distance.  A `model` column (and the wall seconds of each cell) appears when the records hold several models."""
   texts = {id(r): shown_settings(r) for r in records}
   width = max([34, *map(len, texts.values())])
-  head = (f"{'task':<12} {'sampler':<16} {'settings':<{width}} {'score':>7} {'±95%':>6} {'NFE':>6} {'bNFE':>6} "
-          f"{'TPF':>5} {'TPS':>8} {'dist':>6}")
+  models = list(dict.fromkeys(str(r.get("model")) for r in records))
+  mw = max(len(m) for m in models) if len(models) > 1 else 0
+  model_col = f"{'model':<{mw}} " if mw else ""
+  head = (f"{'task':<12} {model_col}{'sampler':<16} {'settings':<{width}} {'score':>7} {'±95%':>6} {'NFE':>6} "
+          f"{'bNFE':>6} {'TPF':>5} {'TPS':>8} {'dist':>6}" + (f" {'wall s':>7}" if mw else ""))
   lines = [head, "-" * len(head)]
   order = {t: i for i, t in enumerate(dict.fromkeys(r["task"] for r in records))}
-  for r in sorted(records, key=lambda r: (order[r["task"]], r["nfe_mean"])):
+  model_order = {m: i for i, m in enumerate(models)}
+  for r in sorted(records, key=lambda r: (order[r["task"]], model_order[str(r.get("model"))], r["nfe_mean"])):
     dist = f"{r['distribution']['distance']:>6.3f}" if r.get("distribution") else ""
+    if mw:
+      lines.append(f"{r['task']:<12} {str(r.get('model')):<{mw}} {r['sampler']:<16} {texts[id(r)]:<{width}} "
+                   f"{r['score']:>7.3f} {r['score_ci95']:>6.3f} {r['nfe_mean']:>6.1f} {r['batch_nfe_mean']:>6.1f} "
+                   f"{r['tpf']:>5.2f} {r['tps']:>8.1f} {dist:>6} {r['wall_s']:>7.1f}")
+      continue
     lines.append(f"{r['task']:<12} {r['sampler']:<16} {texts[id(r)]:<{width}} {r['score']:>7.3f} "
                  f"{r['score_ci95']:>6.3f} {r['nfe_mean']:>6.1f} {r['batch_nfe_mean']:>6.1f} {r['tpf']:>5.2f} "
                  f"{r['tps']:>8.1f} {dist}")

@@ -148,6 +148,8 @@ def run_experiment(path, out, *, progress: bool = True, load=None) -> list[dict]
       records += compare(model, grid, spec["tasks"], n=spec["n"], batch=spec["batch"], seed=spec["seed"],
                          block_length=spec["block_length"], stop_at_eos=spec["stop_at_eos"], cache=spec["cache"],
                          model_name=str(model_name), progress=progress, cells_dir=out / "cells")
+  from dlm.eval.compare import tag_models
+  records = tag_models(records)  # several models: each family split by model
   write_results(records, out)
   write_csv(records, out / "results.csv")
   return records

@@ -1,7 +1,8 @@
 """The models shipped inside the package, and loading a model by the name or path a user types.
 
-`bundled` (small, 48-token vocabulary, the short tasks; the fast tests use it) and `testbed` (the long tasks too:
-chain, 9x9/6x6 Sudoku, hmm128; canvases up to 256).  `load_named` is what every command and experiment file
+`bundled` (small, 48-token vocabulary, the short tasks; the fast tests use it), `testbed` (the long tasks too:
+chain, 9x9/6x6 Sudoku, hmm128; canvases up to 256) and `testbed_bd` (the testbed's block-diffusion twin:
+block-causal attention, blocks of 8).  `load_named` is what every command and experiment file
 calls with a `--model` value; `dlm.load` accepts the same names.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-SHIPPED_MODELS = {"bundled": ASSETS / "bundled", "testbed": ASSETS / "testbed"}
-RECIPES = {"bundled": "bundled.yaml", "testbed": "testbed.yaml"}
+SHIPPED_MODELS = {"bundled": ASSETS / "bundled", "testbed": ASSETS / "testbed", "testbed_bd": ASSETS / "testbed_bd"}
+RECIPES = {"bundled": "bundled.yaml", "testbed": "testbed.yaml", "testbed_bd": "testbed_bd.yaml"}
 
 
 def shipped_folder(name: str) -> Path:
