@@ -60,3 +60,22 @@ def test_two_models_side_by_side():
     model = row["family"].split(" @ ")[1]
     anchor = next(r for r in tagged if r["model"] == model and r["sampler"] == "low_confidence")
     assert row["anchor"]["tpf"] == anchor["tpf"] and np.isclose(row["anchor"]["score"], anchor["score"])
+
+
+def test_bench_on_a_block_causal_model(capsys):
+  """`dlm bench` places the canvas like generate: no replay or divergence report over the caller's canvas (every
+  cache is exact there); a cached run gives the tokens of the uncached one."""
+  import json
+  from dlm.cli import main
+  results = {}
+  for cache in ("none", "dual", "block"):
+    assert main(["bench", "--random-model", "preset=tiny-sdar", "--sampler", "sdar", "--set", "steps=4",
+                 "--block-length", "4", "--gen-length", "12", "--prompt-length", "6", "--batch", "2",
+                 "--repeats", "1", "--cache", cache]) == 0
+    out = capsys.readouterr().out
+    results[cache] = json.loads(out[out.index("{"):])
+  for cache, r in results.items():
+    assert r["replay_s"] is None and "divergence" not in r, cache
+    assert r["tokens"] == results["none"]["tokens"] and r["tokens"] <= 2 * 12  # G per row, never a placed slot
+  # the prompt tail (2) and 12 new tokens fill 4 blocks: the prefill and a store before blocks 2, 3 and 4
+  assert results["block"]["nfe_mean"] == results["none"]["nfe_mean"] + 4

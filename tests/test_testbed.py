@@ -238,6 +238,20 @@ def test_shipped_testbed_model_reads_the_long_tasks():
   assert all(1 <= r["nfe_mean"] <= r["gen_length"] for r in records)
 
 
+def test_shipped_block_diffusion_testbed_model_reads_the_long_tasks():
+  """testbed_bd: the testbed's shape with block-causal attention; compare decodes its blocks of 8."""
+  from dlm.io.shipped import SHIPPED_MODELS
+  from dlm.io.params import load_model
+  folder = SHIPPED_MODELS["testbed_bd"]
+  assert (folder / "params.safetensors").stat().st_size <= 25 * 2**20
+  model = load_model(folder)
+  assert model.cfg.block_causal and model.cfg.block_size == 8 and model.cfg.vocab_size == TOKENIZER.vocab_size
+  grid = [GridEntry("threshold", (("tau", 0.9),))]
+  records = compare(model, grid, ["chain128", "sudoku6"], n=4, batch=4, progress=False)
+  assert [r["block_length"] for r in records] == [8, 8]
+  assert all(1 <= r["nfe_mean"] <= r["answer_slots"] for r in records)
+
+
 # hao-ai-lab/d3LLM AUP_leaderboard/data_llada.yaml (snapshot e5bfcac): (TPF, accuracy %) per method, and the AUP
 # its main.py prints for them (run on that snapshot; y_max is the task's best accuracy over every method).
 LEADERBOARD = {

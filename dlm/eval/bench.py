@@ -33,7 +33,7 @@ from flax import nnx
 
 from dlm.engine.cache import DEFAULT_WINDOW
 from dlm.engine.calls import NetworkCalls
-from dlm.engine.generate import EngineSpec, _generate_jit, _prepare
+from dlm.engine.generate import EngineSpec, _generate_jit, _prepare, _result
 from dlm.kernels.head import LOGITS, HeadRequest
 
 
@@ -117,8 +117,8 @@ def bench(model, prompts, valid=None, *, sampler, gen_length: int, block_length:
   replay = functools.partial(_replay_jit, spec=spec, cfg_scale=float(sampler.cfg_scale),
                              answer_view=sampler.view_span == "answer", verify=bool(sampler.verify_rows),
                              request=sampler.head_request, verify_request=sampler.verify_request)
-  if cache == "block":  # the replay composes NetworkCalls; the block-causal store/window program has no replay yet
-    replay = None
+  if model.cfg.block_causal:  # the replay composes NetworkCalls over the caller's canvas; a block-causal model
+    replay = None  # decodes a placed one (dlm/engine/block_layout.py) and its store/window program has no replay yet
   else:
     jax.block_until_ready(replay(*replay_args))  # compile and warm up
   walls, replay_walls = [], []
@@ -132,6 +132,9 @@ def bench(model, prompts, valid=None, *, sampler, gen_length: int, block_length:
       replay_walls.append(time.perf_counter() - t0)
   wall_s = statistics.median(walls)
   replay_s = statistics.median(replay_walls) if replay_walls else None
+  # the caller's view (a block-causal model's placed canvas cut back to each row's G slots): tokens and rows as
+  # `generate` returns them
+  out = _result(model, out, args, prompts, spec, gen_length, False)
   nfe = np.asarray(out.nfe)
   tokens = int(np.asarray(out.gen_tokens).sum())
   from dlm.eval.compare import summarize_extras
