@@ -28,6 +28,8 @@ def files(tmp_path_factory):
       "bad_entry_tasks.yaml": "- {sampler: threshold, tasks: [nosuch]}\n",
       "bad_entry_cache.yaml": "- {sampler: threshold, cache: fast}\n",
       "bad_recipe.yaml": "model: {}\ntasks: {add: {weight: 1}}\nnonsense_key: 1\n",
+      "bd_recipe.yaml": ("model: {d_model: 32, n_layers: 1, n_heads: 2, mlp_hidden: 32, max_len: 64}\n"
+                         "tasks: {add: {}}\nobjective: block_diffusion\n"),
   }.items():
     (d / name).write_text(text)
     out[name] = str(d / name)
@@ -45,6 +47,8 @@ CASES = [
     (["compare", "--n", "many"], ["--n", "positive integer", "'many'"]),
     (["compare", "--batch", "0"], ["--batch", "positive integer"]),
     (["compare", "--block-length", "0"], ["--block-length", "positive integer"]),
+    (["compare", "--model", "bundled", "--models", "bundled", "testbed"], ["--model", "--models", "not both"]),
+    (["compare", "--models", "/no/such/model"], ["--models", "/no/such/model"]),
     (["compare", "--tasks", "nosuch"], ["--tasks", "unknown task 'nosuch'", "add"]),
     (["compare", "--sampler", "nosuch"], ["--sampler", "unknown sampler 'nosuch'", "threshold"]),
     (["compare", "--cache", "bogus"], ["--cache", "unknown cache policy 'bogus'", "dual"]),
@@ -95,6 +99,8 @@ CASES = [
     (["train", "--steps", "100", "--warmup", "100", "--out", "{dir}/t"], ["--steps 100", "warm-up of 100"]),
     (["train", "--warmup", "-1", "--out", "{dir}/t"], ["--warmup", "integer >= 0"]),
     (["train", "--config", "{bad_recipe.yaml}", "--out", "{dir}/t"], ["nonsense_key"]),
+    (["train", "--config", "{bd_recipe.yaml}", "--out", "{dir}/t"], ["objective='block_diffusion'",
+                                                                     "attention_layout=block_causal"]),
     (["train"], ["--out"]),
     (["convert", "/nonexistent", "{dir}/c"], ["/nonexistent", "does not exist"]),
     (["convert", "{file}", "{dir}/c"], ["is a file"]),
