@@ -64,11 +64,11 @@ def test_two_models_side_by_side():
 
 def test_bench_on_a_block_causal_model(capsys):
   """`dlm bench` places the canvas like generate: no replay or divergence report over the caller's canvas (every
-  cache is exact there); a cached run gives the tokens of the uncached one."""
+  cache is exact there); both caches give the same tokens."""
   import json
   from dlm.cli import main
   results = {}
-  for cache in ("none", "dual", "block"):
+  for cache in ("dual", "block"):  # dual: the cache that crashed here (a replay over the caller's canvas)
     assert main(["bench", "--random-model", "preset=tiny-sdar", "--sampler", "sdar", "--set", "steps=4",
                  "--block-length", "4", "--gen-length", "12", "--prompt-length", "6", "--batch", "2",
                  "--repeats", "1", "--cache", cache]) == 0
@@ -76,6 +76,6 @@ def test_bench_on_a_block_causal_model(capsys):
     results[cache] = json.loads(out[out.index("{"):])
   for cache, r in results.items():
     assert r["replay_s"] is None and "divergence" not in r, cache
-    assert r["tokens"] == results["none"]["tokens"] and r["tokens"] <= 2 * 12  # G per row, never a placed slot
+    assert r["tokens"] == results["dual"]["tokens"] and r["tokens"] <= 2 * 12  # G per row, never a placed slot
   # the prompt tail (2) and 12 new tokens fill 4 blocks: the prefill and a store before blocks 2, 3 and 4
-  assert results["block"]["nfe_mean"] == results["none"]["nfe_mean"] + 4
+  assert results["block"]["nfe_mean"] == results["dual"]["nfe_mean"] + 4  # dual charges the denoising steps only
