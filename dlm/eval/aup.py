@@ -119,11 +119,12 @@ def anchor_entries(grid: list, tasks: list[str]) -> tuple[list, list[str]]:
 
 
 def format_aup(rows: list[dict]) -> str:
-  head = f"{'task':<12} {'family':<22} {'AUP':>8} {'points':>6} {'dropped':>7} {'max TPF':>7} {'anchored':>8}"
+  fw = max([22, *(len(r["family"]) for r in rows)])  # a family split by model (`tag_models`) is longer
+  head = f"{'task':<12} {'family':<{fw}} {'AUP':>8} {'points':>6} {'dropped':>7} {'max TPF':>7} {'anchored':>8}"
   lines = ["AUP (d3LLM; accuracy in %, y_max = best on the task, anchored at the task's one-token-per-step point, "
            "points > 5 below the slowest dropped)", head, "-" * len(head)]
   for r in sorted(rows, key=lambda r: (r["task"], -r["aup"])):
-    lines.append(f"{r['task']:<12} {r['family']:<22} {r['aup']:>8.1f} {r['points']:>6} {r['dropped']:>7} "
+    lines.append(f"{r['task']:<12} {r['family']:<{fw}} {r['aup']:>8.1f} {r['points']:>6} {r['dropped']:>7} "
                  f"{r['max_tpf']:>7.2f} {'yes' if r.get('anchored') else '':>8}")
   unanchored = sorted({r["task"] for r in rows if r.get("anchor", True) is None})
   if unanchored:
