@@ -15,6 +15,8 @@ DEFAULT_COMPARE_TASKS = ("sudoku4_hard", "hmm", "chain128", "sudoku6", "hmm128")
 
 def cmd_compare(args):
   from dlm.eval.compare import check_grid, compare, tag_models, write_results
+  if args.models and args.model:  # before --out is claimed: bad input writes nothing
+    raise ValueError("pass --model NAME or --models NAME [NAME ...], not both")
   grid = _grid_from_args(args.sampler, args.set,
                          None if args.sampler else args.grid or packaged_config("compare_default.yaml"))
   if args.head:
@@ -30,8 +32,6 @@ def cmd_compare(args):
     from dlm.parallel.distributed import is_primary
     if is_primary():
       _claim_out(Path(args.out), args, grid)
-  if args.models and args.model:
-    raise ValueError("pass --model NAME or --models NAME [NAME ...], not both")
   from dlm.parallel.distributed import is_primary
   primary = is_primary()  # several processes (--distributed): each runs the grid, one writes
   records = []
@@ -58,9 +58,9 @@ def _claim_out(out: Path, args, grid) -> None:
   import json
   from dlm.eval.experiment import grid_as_yaml
   from dlm.io.params import atomic_write
-  identity = dict(kind="compare", model=args.models or args.model or DEFAULT_COMPARE_MODEL, dtype=args.dtype, tasks=list(args.tasks),
-                  grid=grid_as_yaml(grid), n=args.n, batch=args.batch, seed=args.seed, block_length=args.block_length,
-                  stop_at_eos=args.stop_at_eos, cache=args.cache, head=args.head)
+  identity = dict(kind="compare", model=args.models or args.model or DEFAULT_COMPARE_MODEL, dtype=args.dtype,
+                  tasks=list(args.tasks), grid=grid_as_yaml(grid), n=args.n, batch=args.batch, seed=args.seed,
+                  block_length=args.block_length, stop_at_eos=args.stop_at_eos, cache=args.cache, head=args.head)
   marker = out / "compare.json"
   if not args.overwrite:
     if (out / "config.yaml").is_file():

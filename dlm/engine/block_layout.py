@@ -9,8 +9,9 @@ L75-93; Fast-dLLM v2 batch_sample L58-64).  The engine decodes lockstep blocks o
     P' = max(P // bs, 1) * bs slots (so every row's blocks start at the same canvas slots);
   * the row's prompt tail (P_r - F_r tokens) is written into the first answer slots, where the engine treats it
     as already committed (never decoded, never an end of text, commit step -1);
-  * the engine's answer is G' = ceil((bs - 1 + G) / bs) * bs slots, room for the longest tail a row can have; a row's slots past its own canvas (ceil((tail + G) / bs) blocks, what the reference
-    allocates) are filled with padding, so it decodes and pays for exactly the blocks its batch-1 run would.
+  * the engine's answer is G' = ceil((bs - 1 + G) / bs) * bs slots, room for the longest tail a row can have;
+    a row's slots past its own canvas (ceil((tail + G) / bs) blocks, what the reference allocates) are filled
+    with padding, so it decodes and pays for exactly the blocks its batch-1 run would.
     P' and G' depend on the shapes only, never on the prompts, so every batch of one shape runs one compiled
     program and a caller can size a sampler for G' before it sees the data (`placed_answer_length`).
 

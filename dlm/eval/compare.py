@@ -167,7 +167,7 @@ def cell_setup(task, entry: GridEntry, *, block_length: int | None, stop_at_eos:
   if block_length is None:
     block_length = task.block_length
   gen_length = task.gen_length
-  settings = entry.resolve(gen_length if model_block is None else placed_answer_length(gen_length, model_block))
+  settings = entry.resolve(answer_slots(gen_length, model_block))
   fields = {f.name for f in dataclasses.fields(SAMPLERS[entry.sampler])} if entry.sampler in SAMPLERS else set()
   for name, value in task.sampler_defaults.items():
     if name in fields:
@@ -186,8 +186,9 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
   TPS times only compiled, warmed runs: the first batch runs once untimed exactly as it is then timed (the same
   padded shape, the same key derivation), so neither the compile nor any one-off dispatch lands in `wall_s`;
   `compile_s` reports that first run apart."""
+  model_block = block_causal_size(model)
   sampler, options = cell_setup(task, entry, block_length=block_length, stop_at_eos=stop_at_eos, cache=cache,
-                                model_block=model_block(model))
+                                model_block=model_block)
   gen_length, block = options["gen_length"], options["block_length"]
   stop_at_eos, cache = options["stop_at_eos"], options["cache"]
   exs = task.examples(n, seed=seed)
@@ -237,8 +238,7 @@ def run_one(model, task, entry: GridEntry, *, n: int, batch: int, seed: int, blo
       "eos_fraction": float(np.isin(answers, end_ids).mean()),
       "reference_eos_fraction": float(np.isin(reference_answers, end_ids).mean()),
       "wall_s": wall, "compile_s": compile_s, "gen_length": gen_length, "block_length": block, "batch": batch,
-      # the slots `G` forms resolved against: gen_length, or a block-causal model's placed answer
-      "answer_slots": gen_length if model_block(model) is None else placed_answer_length(gen_length, model_block(model)),
+      "answer_slots": answer_slots(gen_length, model_block),  # what `G` forms resolved against
       "stop_at_eos": stop_at_eos, "cache": cache, "model": model_name,
       "device": str(jax.devices()[0].device_kind),
       "reference_score": task.reference_score(exs), "accuracy_scored": task.accuracy_scored,
@@ -291,20 +291,25 @@ def cell_key(entry: GridEntry, task: str, **options) -> str:
   return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def model_block(model) -> int | None:
+def block_causal_size(model) -> int | None:
   """A block-causal model's block size (`cell_setup`'s model_block), None for a bidirectional one."""
   return model.cfg.block_size if model.cfg.block_causal else None
 
 
+def answer_slots(gen_length: int, model_block: int | None) -> int:
+  """The answer slots `G` forms resolve against: gen_length, or the answer a block-causal model's engine places."""
+  return gen_length if model_block is None else placed_answer_length(gen_length, model_block)
+
+
 def _cell_identity(model_fp: str, task, entry: GridEntry, *, block_length, stop_at_eos, cache,
-                   block: int | None = None) -> dict:
+                   model_block: int | None = None) -> dict:
   """What a cell's result depends on beyond the grid entry and the run options: the resolved sampler (settings
   and the fingerprint of its traced parameters: a learned head's or APD's AR model's weights) and the engine
   options it runs with."""
   from dlm.eval.fingerprint import dlm_version, tree_fingerprint
   try:
     sampler, engine = cell_setup(task, entry, block_length=block_length, stop_at_eos=stop_at_eos, cache=cache,
-                                 model_block=block)
+                                 model_block=model_block)
     params = tree_fingerprint(sampler.default_params(engine["gen_length"], engine["block_length"]))
     settings = sampler.settings()
   except (ValueError, FileNotFoundError) as e:  # run_one reports it; the key only has to be stable
@@ -338,7 +343,7 @@ def compare(model, grid: list[GridEntry], tasks: list[str], *, n: int = 64, batc
     path = None
     if cells_dir is not None:
       identity = _cell_identity(model_fp, task, entry, block_length=block_length, stop_at_eos=stop_at_eos,
-                                cache=cache, block=model_block(model))
+                                cache=cache, model_block=block_causal_size(model))
       key = cell_key(entry, task.name, model=str(model_name), n=n, batch=batch, seed=seed,
                      block_length=block_length, stop_at_eos=stop_at_eos, cache=cache, **identity)
       path = Path(cells_dir) / f"{key}.json"
@@ -416,14 +421,11 @@ def format_table(records: list[dict]) -> str:
   model_order = {m: i for i, m in enumerate(models)}
   for r in sorted(records, key=lambda r: (order[r["task"]], model_order[str(r.get("model"))], r["nfe_mean"])):
     dist = f"{r['distribution']['distance']:>6.3f}" if r.get("distribution") else ""
-    if mw:
-      lines.append(f"{r['task']:<12} {str(r.get('model')):<{mw}} {r['sampler']:<16} {texts[id(r)]:<{width}} "
-                   f"{r['score']:>7.3f} {r['score_ci95']:>6.3f} {r['nfe_mean']:>6.1f} {r['batch_nfe_mean']:>6.1f} "
-                   f"{r['tpf']:>5.2f} {r['tps']:>8.1f} {dist:>6} {r['wall_s']:>7.1f}")
-      continue
-    lines.append(f"{r['task']:<12} {r['sampler']:<16} {texts[id(r)]:<{width}} {r['score']:>7.3f} "
+    model_cell = f"{str(r.get('model')):<{mw}} " if mw else ""
+    wall = f"{dist:>6} {r['wall_s']:>7.1f}" if mw else dist  # the wall column after a padded dist
+    lines.append(f"{r['task']:<12} {model_cell}{r['sampler']:<16} {texts[id(r)]:<{width}} {r['score']:>7.3f} "
                  f"{r['score_ci95']:>6.3f} {r['nfe_mean']:>6.1f} {r['batch_nfe_mean']:>6.1f} {r['tpf']:>5.2f} "
-                 f"{r['tps']:>8.1f} {dist}")
+                 f"{r['tps']:>8.1f} {wall}")
   for task in dict.fromkeys(r["task"] for r in records):
     ref = next(r["reference_score"] for r in records if r["task"] == task)
     if ref != 1.0:

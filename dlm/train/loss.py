@@ -31,7 +31,12 @@ def masked_diffusion_loss(net: Transformer, key, prompts, prompt_valid, answers)
   tokens = jnp.concatenate([prompts, noisy], axis=1)
   valid = jnp.concatenate([prompt_valid, jnp.ones_like(noisy, bool)], axis=1)
   hidden, _ = net(tokens, positions_from_valid(valid), valid)
-  logits = net.logits(hidden[:, prompts.shape[1]:])  # [B, G, V]
+  return _masked_elbo(net.logits(hidden[:, prompts.shape[1]:]), answers, masked, p_mask)
+
+
+def _masked_elbo(logits, answers, masked, p_mask):
+  """logits [B, G, V], answers [B, G], masked [B, G], p_mask [B] -> (mean over rows of the 1/t-weighted masked CE
+  divided by G, {"ce": CE per masked token})."""
   ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), answers[..., None], axis=-1)[..., 0]  # [B, G]
   weighted = jnp.sum(jnp.where(masked, ce, 0.0), axis=1) / p_mask / answers.shape[1]
   n_masked = jnp.maximum(masked.sum(), 1)
@@ -91,9 +96,4 @@ def block_diffusion_loss(net: Transformer, key, prompts, prompt_valid, answers):
   mask, positions = block_diffusion_attention(seq_valid, net.cfg.block_size)
   tokens = jnp.concatenate([prompts, answers, prompts, noisy], axis=1)  # [B, 2(P+G)]
   hidden, _ = net(tokens, positions, mask)
-  logits = net.logits(hidden[:, -g:])  # [B, G, V]
-  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), answers[..., None], axis=-1)[..., 0]  # [B, G]
-  weighted = jnp.sum(jnp.where(masked, ce, 0.0), axis=1) / p_mask / g
-  n_masked = jnp.maximum(masked.sum(), 1)
-  token_ce = jnp.sum(jnp.where(masked, ce, 0.0)) / n_masked
-  return jnp.mean(weighted), {"ce": token_ce}
+  return _masked_elbo(net.logits(hidden[:, -g:]), answers, masked, p_mask)  # the noisy copy's answer slots
