@@ -48,6 +48,10 @@ class Sampler(abc.ABC):
   # before the block (the store forward's last slot), committed before the block's first denoising forward
   # (Fast-dLLM v2; needs cache='block', whose program places it).
   block_start_ar: bool = False
+  # Candidate copies of the view per forward (0: off; K >= 2, copy 0 being the canvas as it stands):
+  # `drafts(carry, tokens, masked)` gives copies 1..K-1, each run by its own rows in the same forward, and
+  # `View.drafts` holds their head statistics (draft-and-verify, FreeDave; cache none/prefix/dual/window).
+  draft_copies: int = 0
 
   @property
   def head_request(self) -> HeadRequest:
@@ -88,6 +92,12 @@ class Sampler(abc.ABC):
   def horizon(self, carry):
     """[B] int32: the next forward sees answer slots < horizon only (samplers with `input_horizon`)."""
     raise NotImplementedError(f"{type(self).__name__} sets input_horizon but does not define horizon(carry)")
+
+  def drafts(self, carry, tokens, masked):
+    """[B, K-1, Bv] int32: the view's candidate copies 1..K-1 for the next forward (samplers with `draft_copies`);
+    tokens [B, Bv] is the view as it stands (copy 0), masked [B, Bv] its unresolved slots.  A row with nothing to
+    draft returns its tokens (when no row drafts, the engine runs the plain forward alone)."""
+    raise NotImplementedError(f"{type(self).__name__} sets draft_copies but does not define drafts()")
 
   def window_start(self, carry):
     """[B] int32 canvas index where each row's recompute window starts (samplers with `row_window`)."""

@@ -9,6 +9,7 @@ from dlm.samplers.apd import AdaptiveParallel
 from dlm.samplers.dilated import Dilated
 from dlm.samplers.dinfer import Credit, Hierarchy
 from dlm.samplers.dream import DreamSampler
+from dlm.samplers.draft_verify import DraftVerify
 from dlm.samplers.fast_dllm_v2 import FastDLLMv2
 from dlm.samplers.llada import LowConfidence, RandomRemasking
 from dlm.samplers.eb import EntropyBounded
@@ -44,6 +45,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "adjust": JointSampler,
     "sdar": SDARSampler,
     "fast_dllm_v2": FastDLLMv2,
+    "draft_verify": DraftVerify,
 }
 
 

@@ -43,6 +43,11 @@ class Rule:
 
 
 TABLE: tuple[Rule, ...] = (
+    Rule("draft_copies", "candidate copies", "CandidateCopies (forward program)", cfg=REFUSED,
+         excludes=("view_span_answer", "soft_inputs", "input_horizon", "row_window", "canvas_features",
+                   "verify_rows", "reuse_unchanged"),
+         why="the copies are the view's block run as extra rows beside the plain canvas; every other program "
+             "or input transform changes what those rows would have to see"),
     Rule("view_span_answer", "view_span='answer'", "view geometry (StepContext)", kv_cache=REFUSED,
          why="a KV-cache step recomputes only a window around the active block; the other answer slots would be "
              "stale"),
@@ -74,7 +79,7 @@ def capabilities_of(sampler) -> frozenset[str]:
   flags = dict(view_span_answer=sampler.view_span == "answer", soft_inputs=sampler.soft_inputs,
                input_horizon=sampler.input_horizon, row_window=sampler.row_window > 0,
                canvas_features=sampler.canvas_features, verify_rows=sampler.verify_rows,
-               reuse_unchanged=sampler.reuse_unchanged)
+               reuse_unchanged=sampler.reuse_unchanged, draft_copies=sampler.draft_copies > 0)
   return frozenset(name for name, on in flags.items() if on)
 
 

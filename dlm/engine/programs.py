@@ -25,17 +25,21 @@ The programs:
   ProbedCache      CachedWindows plus a full forward per step that records the cached prediction's error.
   BlockCausalCache a block-causal model's exact cache: prefill, one block per step, a store forward per block
                    (dlm/engine/block_cache.py).
+  CandidateCopies  FullCanvas or CachedWindows over K copies of the canvas that differ in the view's slots (a
+                   sampler's drafts), one forward of B * K rows (draft-and-verify).
 Input transforms (soft inputs, the input horizon) reach every program through `FeedInputs`
 (dlm/engine/inputs.py).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+from dlm.engine.calls import NetworkCalls
 from dlm.engine.features import canvas_features
 from dlm.kernels.head import LOGITS
 
@@ -56,6 +60,7 @@ class Forward:
   extra_width: object = 0  # [] int: canvas positions that extra forward recomputed
   tokens: jax.Array | None = None  # [B, L] the canvas after slots the program itself committed (else None)
   placed: jax.Array | None = None  # [B] bool: rows whose canvas the program changed (Fast-dLLM v2's first token)
+  drafts: tuple | None = None  # (hidden [B*(K-1), Bv, D], tokens [B*(K-1), Bv]) of the candidate copies 1..K-1
 
 
 class ForwardProgram:
@@ -214,13 +219,79 @@ class ProbedCache(CachedWindows):
     return dict(probe=state[1])
 
 
+class CandidateCopies(ForwardProgram):
+  """K candidate copies of the canvas in one forward (FreeDave's `batch_expanding` mode): copy 0 is the canvas as
+  it stands, copies 1..K-1 hold the sampler's drafts in the view's slots (`Sampler.drafts`), and every copy is a
+  row of its own, B * K rows through the inner program: a full forward (cache 'none') or a cached window whose
+  cache is repeated per copy (prefix/dual/window: the copies share what lies outside the view, so copy 0's cache
+  is kept).  When no active row drafts anything (a block's first step, so every cache refresh), the inner
+  program runs on the B rows alone (one `lax.cond`; the copies' statistics are then copy 0's).
+  One call: charged one NFE, K times the inner program's width in positions."""
+
+  name = "candidate-copies"
+
+  def __init__(self, inner: ForwardProgram, copies: int):
+    self.inner, self.copies = inner, copies
+
+  def init(self, ctx):
+    return self.inner.init(ctx)
+
+  def _expanded_context(self, ctx):
+    """A shallow copy of ctx whose network calls cover B * K rows (row b * K + k: copy k of row b)."""
+    k, spec = self.copies, ctx.spec
+    wide = copy.copy(ctx)
+    wide.batch = ctx.batch * k
+    wide.calls = NetworkCalls(ctx.net, jnp.repeat(ctx.prompts, k, 0), jnp.repeat(ctx.prompt_valid, k, 0),
+                              gen_length=spec.gen_length, block_length=spec.block_length, cfg_scale=0.0,
+                              plan=spec.plan, head_impl=spec.head, head_blocks=spec.head_blocks)
+    return wide
+
+  def run(self, ctx, s, where, feed) -> Forward:
+    k, (b, bv) = self.copies, where.view_tokens.shape
+    drafts = ctx.sampler.drafts(s.carry, where.view_tokens, where.masked).astype(jnp.int32)  # [B, K-1, Bv]
+    drafts = jnp.where(where.active[:, None, None], drafts, where.view_tokens[:, None])
+    drafting = jnp.any(drafts != where.view_tokens[:, None])
+    repeat = lambda tree: jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), tree)
+
+    def plain(state):
+      fwd = self.inner.run(ctx, s.replace(forward=state), where, feed)
+      return fwd.hidden, jnp.repeat(fwd.hidden, k - 1, axis=0), fwd.state, jnp.asarray(fwd.width, jnp.int32)
+
+    def expanded(state):
+      wide = self._expanded_context(ctx)
+      copies = jnp.concatenate([where.view_tokens[:, None], drafts], axis=1).reshape(b * k, bv)  # [B*K, Bv]
+      tokens = jax.lax.dynamic_update_slice_in_dim(repeat(s.tokens), copies, where.view_start, axis=1)
+      # A KV cache is [n_layers, R, L, ...]: rows on axis 1.
+      state_k = jax.tree.map(lambda x: jnp.repeat(x, k, axis=1), state)
+      where_k = dataclasses.replace(where, view_tokens=copies, masked=repeat(where.masked),
+                                    active=repeat(where.active))
+      fwd = self.inner.run(wide, s.replace(tokens=tokens, forward=state_k), where_k, feed)
+      hidden = fwd.hidden.reshape(b, k, *fwd.hidden.shape[1:])  # [B, K, Bv, D]
+      kept = jax.tree.map(lambda x: x[:, ::k], fwd.state)  # copy 0 of each row
+      return (hidden[:, 0], hidden[:, 1:].reshape(b * (k - 1), *hidden.shape[2:]), kept,
+              jnp.asarray(fwd.width, jnp.int32) * k)
+
+    hidden, draft_hidden, state, width = jax.lax.cond(drafting, expanded, plain, s.forward)
+    return Forward(hidden=hidden, uncond=None, state=state, ran=True, charged=where.active, width=width,
+                   drafts=(draft_hidden, drafts.reshape(b * (k - 1), bv)))
+
+  def extend_view(self, ctx, view, fwd, s, where, key):
+    hidden, tokens = fwd.drafts
+    return view.replace(drafts=ctx.view_of(hidden, None, ctx.sampler.head_request, key, tokens))
+
+  def __repr__(self):
+    return f"CandidateCopies({self.inner!r}, copies={self.copies})"
+
+
 def choose_program(capabilities: frozenset[str], *, cached: bool, probe: bool, row_window: int,
-                   block_cache: bool = False) -> ForwardProgram:
+                   block_cache: bool = False, copies: int = 0) -> ForwardProgram:
   """The forward program of one compiled generation: from the cache policy and the capabilities the engine runs
   with (`check_combination` has already refused what does not combine, so at most one of these applies)."""
   if block_cache:
     from dlm.engine.block_cache import BlockCausalCache  # it imports this module
     return BlockCausalCache()
+  if "draft_copies" in capabilities:  # the divergence probe is not run under copies
+    return CandidateCopies(CachedWindows() if cached else FullCanvas(), copies)
   if cached:
     return ProbedCache() if probe else CachedWindows()
   if "reuse_unchanged" in capabilities:

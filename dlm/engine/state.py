@@ -28,6 +28,10 @@ class View:
   base: with a sampler's `canvas_features`, the `dlm.engine.features.BaseFeatures` of this step's full forward
     (slot-aligned hidden states of the whole canvas, the embedding table and the vocabulary head), for samplers
     that run a learned layer of their own on top of the network (ADJUST); None otherwise.
+  drafts: with a sampler's `draft_copies` K, the View of the K - 1 candidate copies of the view that
+    `Sampler.drafts` asked for, each run by its own rows in this step's forward (the canvas outside the view as it
+    stands), filled per the sampler's `head_request`; leading shape [B * (K - 1), Bv], row b * (K - 1) + k - 1
+    holding copy k of row b.
   Unused fields cost nothing: everything is traced in one program and XLA drops what no one reads.
   """
 
@@ -37,6 +41,7 @@ class View:
   stats: object = None  # dlm.kernels.HeadStats [B, Bv]
   params: object = None  # the traced `sampler_params` pytree (learned heads, APD's AR model), () when none
   base: object = None  # dlm.engine.features.BaseFeatures (samplers with canvas_features), else None
+  drafts: "View | None" = None  # samplers with draft_copies: the candidate copies' View [B * (K - 1), Bv]
 
   @classmethod
   def from_stats(cls, stats, hidden) -> "View":

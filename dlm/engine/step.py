@@ -52,7 +52,7 @@ class StepContext:
     self.view_length = self.gen_length if self.answer_view else self.block_length
     self.program = choose_program(capabilities, cached=spec.plan is not None, probe=spec.probe,
                                   row_window=min(sampler.row_window, self.seq_length),
-                                  block_cache=spec.cache == "block")
+                                  block_cache=spec.cache == "block", copies=sampler.draft_copies)
     self.feed = InputFeed(capabilities)
     self.split_heads = kv_heads_split(net.cfg, spec.mesh)
     # A block-causal placement (dlm/engine/block_layout.py): the answer's initial tokens [B, G] (a prompt tail,
