@@ -12,9 +12,11 @@ from dlm.samplers.fast_dllm_v2 import FastDLLMv2
 from dlm.samplers.llada import LowConfidence, RandomRemasking
 from dlm.samplers.registry import SAMPLERS, make_sampler
 from dlm.samplers.eb import EntropyBounded
+from dlm.samplers.entropy_threshold import EntropyThreshold
 from dlm.samplers.klass import Klass
 from dlm.samplers.learn2pd import Learn2PD
 from dlm.samplers.lrd import LatentRefinement
+from dlm.samplers.pc_sampler import PCSampler
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
 from dlm.samplers.sdar import SDARSampler
@@ -22,6 +24,6 @@ from dlm.samplers.smoothing import IterationSmoothing
 from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
 
-__all__ = ["AdaptiveParallel", "Ancestral", "Credit", "Dilated", "DraftVerify", "DreamSampler", "EntropyBounded", "Factor", "FastDLLMv2", "Hierarchy",
-           "IterationSmoothing", "JointSampler", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "SDARSampler", "Sampler", "Threshold", "Wino",
+__all__ = ["AdaptiveParallel", "Ancestral", "Credit", "Dilated", "DraftVerify", "DreamSampler", "EntropyBounded", "EntropyThreshold", "Factor", "FastDLLMv2", "Hierarchy",
+           "IterationSmoothing", "JointSampler", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "PCSampler", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "SDARSampler", "Sampler", "Threshold", "Wino",
            "exponential_hires", "gumbel_argmax", "make_sampler", "probability_of", "topk_per_row"]

@@ -13,9 +13,11 @@ from dlm.samplers.draft_verify import DraftVerify
 from dlm.samplers.fast_dllm_v2 import FastDLLMv2
 from dlm.samplers.llada import LowConfidence, RandomRemasking
 from dlm.samplers.eb import EntropyBounded
+from dlm.samplers.entropy_threshold import EntropyThreshold
 from dlm.samplers.klass import Klass
 from dlm.samplers.learn2pd import Learn2PD
 from dlm.samplers.lrd import LatentRefinement
+from dlm.samplers.pc_sampler import PCSampler
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
 from dlm.samplers.sdar import SDARSampler
@@ -46,6 +48,8 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "sdar": SDARSampler,
     "fast_dllm_v2": FastDLLMv2,
     "draft_verify": DraftVerify,
+    "entropy_threshold": EntropyThreshold,
+    "pc_sampler": PCSampler,
 }
 
 

@@ -359,3 +359,33 @@ def adjust_reference(model, layer, prompts, valid, *, gen_length, tokens_per_ste
     out.append(x[0])
     passes.append(count)
   return np.stack(out), np.asarray(passes)
+
+
+class OneRow:
+  """One prompt's canvas for the reference loops that run a row at a time (as most reference code does):
+  `x` [1, P + G] (answer masked), the network's block logits with the mask id banned (every dlm view bans it)."""
+
+  def __init__(self, model, prompt, valid, gen_length):
+    self.fwd, self.mask_id, self.prompt_length = make_forward(model), model.cfg.mask_id, prompt.shape[0]
+    self.x = np.concatenate([prompt, np.full(gen_length, self.mask_id)]).astype(np.int32)[None]
+    self.valid = np.concatenate([valid, np.ones(gen_length, bool)])[None]
+
+  def block(self, blk, block_length):
+    """Canvas slots [s, e) of answer block `blk`."""
+    s = self.prompt_length + blk * block_length
+    return s, s + block_length
+
+  def logits(self, s, e, canvas=None):
+    """[e - s, V] float64 logits of slots [s, e) for `canvas` (default: the row's own), mask id banned."""
+    out = self.fwd(self.x if canvas is None else canvas, self.valid)[0, s:e].copy()
+    out[:, self.mask_id] = -np.inf
+    return out
+
+
+def assert_rows_match(out, reference, model, prompts, valid, **settings):
+  """Each row of a batched `Generation` equals `reference(model, prompt, valid, **settings)` -> (tokens,
+  forwards) run on that row alone: tokens and NFE."""
+  for row in range(prompts.shape[0]):
+    tokens, forwards = reference(model, prompts[row], valid[row], **settings)
+    np.testing.assert_array_equal(np.asarray(out.tokens)[row], tokens, err_msg=f"row {row}")
+    assert int(out.nfe[row]) == forwards, (row, int(out.nfe[row]), forwards)

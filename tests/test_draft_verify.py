@@ -20,7 +20,7 @@ from dlm.model.transformer import init_model
 from dlm.samplers import LowConfidence
 from dlm.samplers.registry import make_sampler
 from tests.conftest import PROMPTS, VALID
-from tests.reference_loops import make_forward, softmax
+from tests.reference_loops import OneRow, assert_rows_match, softmax
 from tests.test_block_diffusion_engine import batch as sdar_batch
 
 GEN, BLOCK = 16, 8
@@ -51,16 +51,12 @@ def freedave_reference(model, prompt, valid, *, gen_length, block_length, draft_
   agrees with target j is accepted with the last draft's prediction; the block's last mask is committed from
   the prediction in hand (no forward).
   """
-  fwd = make_forward(model)
-  m_id = model.cfg.mask_id
-  p = prompt.shape[0]
-  x = np.concatenate([prompt, np.full(gen_length, m_id)]).astype(np.int32)[None]
-  full_valid = np.concatenate([valid, np.ones(gen_length, bool)])[None]
+  row = OneRow(model, prompt, valid, gen_length)
+  x, m_id = row.x, row.mask_id
   forwards = 0
 
   def predict(canvas, s, e):
-    logits = fwd(canvas, full_valid)[0, s:e].copy()  # [Bk, V]
-    logits[:, m_id] = -np.inf
+    logits = row.logits(s, e, canvas)  # [Bk, V]
     probs = softmax(logits)
     x0 = logits.argmax(-1)
     return x0, probs[np.arange(len(x0)), x0]
@@ -73,7 +69,7 @@ def freedave_reference(model, prompt, valid, *, gen_length, block_length, draft_
     return out
 
   for blk in range(gen_length // block_length):
-    s, e = p + blk * block_length, p + (blk + 1) * block_length
+    s, e = row.block(blk, block_length)
     x0, conf = predict(x, s, e)
     forwards += 1
     while True:
@@ -105,11 +101,8 @@ def freedave_reference(model, prompt, valid, *, gen_length, block_length, draft_
 def test_matches_the_reference_loop(llada, draft_steps):
   sampler = make_sampler("draft_verify", draft_steps=draft_steps)
   out = generate(llada, PROMPTS, VALID, sampler=sampler, gen_length=GEN, block_length=BLOCK)
-  for row in range(PROMPTS.shape[0]):
-    tokens, forwards = freedave_reference(llada, PROMPTS[row], VALID[row], gen_length=GEN, block_length=BLOCK,
-                                          draft_steps=draft_steps)
-    np.testing.assert_array_equal(np.asarray(out.tokens)[row], tokens)
-    assert int(out.nfe[row]) == forwards
+  assert_rows_match(out, freedave_reference, llada, PROMPTS, VALID, gen_length=GEN, block_length=BLOCK,
+                    draft_steps=draft_steps)
   assert (np.asarray(out.nfe) < GEN).all()  # the drafts were accepted somewhere, or the test shows nothing
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import sys
 
-from dlm.cli import (bench, collect, compare, convert, eval, launch, lm_eval, run, sample, train,  # noqa: A004
-                     train_head)
+from dlm.cli import (bench, collect, compare, convert, eval, launch, lm_eval, run, sample, token_freq,  # noqa: A004
+                     train, train_head)
 from dlm.cli.common import _Parser, packaged_config, run_main
 from dlm.io.shipped import SHIPPED_MODELS as BUNDLED_MODELS  # the name the CLI has always exported
 
 # The order of `dlm --help`.
-SUBCOMMANDS = (train, compare, collect, train_head, eval, lm_eval, run, sample, bench, launch, convert)
+SUBCOMMANDS = (train, compare, collect, train_head, eval, lm_eval, run, sample, bench, launch, convert, token_freq)
 
 __all__ = ["BUNDLED_MODELS", "main", "packaged_config"]
 
