@@ -155,3 +155,14 @@ def test_block_causal_model_equals_one_token_per_step():
   out = generate(sdar, prompts, valid, sampler=make_sampler("draft_verify", draft_steps=3), **kw)
   np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(exact.tokens))
   assert (np.asarray(out.nfe) <= np.asarray(exact.nfe)).all()
+
+
+def test_bench_runs_without_a_replay_and_the_probe_refuses(llada):
+  from dlm.engine.divergence import divergence_report
+  from dlm.eval.bench import bench
+  sampler = make_sampler("draft_verify", draft_steps=2)
+  result = bench(llada, PROMPTS, VALID, sampler=sampler, gen_length=GEN, block_length=BLOCK, cache="dual",
+                 repeats=1)
+  assert result["replay_s"] is None and result["nfe_mean"] < GEN and result["accepted_drafts_mean"] > 0
+  with pytest.raises(ValueError, match="divergence probe does not run under candidate copies"):
+    divergence_report(llada, PROMPTS, VALID, sampler=sampler, gen_length=GEN, block_length=BLOCK, cache="dual")

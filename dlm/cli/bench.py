@@ -72,7 +72,8 @@ def cmd_bench(args):
                 gen_length=args.gen_length, block_length=args.block_length, cache=args.cache,
                 window=args.window if args.cache == "window" else None, device=str(jax.devices()[0].device_kind),
                 command="dlm " + " ".join(sys.argv[1:]))
-  if args.cache != "none" and not model.cfg.block_causal:  # every cache is exact on a block-causal model
+  # every cache is exact on a block-causal model; the candidate copies' program runs no logit probe
+  if args.cache != "none" and not model.cfg.block_causal and not sampler.draft_copies:
     from dlm.engine.divergence import divergence_report
     report = divergence_report(model, prompts, valid, sampler=sampler, gen_length=args.gen_length,
                                block_length=args.block_length, cache=args.cache, window=args.window)

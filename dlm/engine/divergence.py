@@ -34,6 +34,9 @@ def divergence_report(model, prompts, valid=None, *, sampler, gen_length: int, b
   refresh_max_logit_diff: the gap at refresh steps (expected 0: both sides are full forwards).
   row_max_logit_diff: [B] per-row max gap.
   """
+  if sampler.draft_copies:
+    raise ValueError(f"the divergence probe does not run under candidate copies ({type(sampler).__name__}."
+                     f"draft_copies={sampler.draft_copies}): measure the cache with the rule it reproduces")
   key = jax.random.key(0) if key is None else key
   common = dict(sampler=sampler, gen_length=gen_length, block_length=block_length, max_nfe=max_nfe, key=key,
                 stop_at_eos=stop_at_eos)

@@ -117,8 +117,10 @@ def bench(model, prompts, valid=None, *, sampler, gen_length: int, block_length:
   replay = functools.partial(_replay_jit, spec=spec, cfg_scale=float(sampler.cfg_scale),
                              answer_view=sampler.view_span == "answer", verify=bool(sampler.verify_rows),
                              request=sampler.head_request, verify_request=sampler.verify_request)
-  if model.cfg.block_causal:  # the replay composes NetworkCalls over the caller's canvas; a block-causal model
-    replay = None  # decodes a placed one (dlm/engine/block_layout.py) and its store/window program has no replay yet
+  if model.cfg.block_causal or sampler.draft_copies:  # the replay composes NetworkCalls over the caller's canvas;
+    # a block-causal model decodes a placed one (dlm/engine/block_layout.py) and its store/window program, like
+    # the candidate copies' B * K rows (CandidateCopies), has no replay yet
+    replay = None
   else:
     jax.block_until_ready(replay(*replay_args))  # compile and warm up
   walls, replay_walls = [], []
