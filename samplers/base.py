@@ -50,7 +50,7 @@ class Sampler(abc.ABC):
   block_start_ar: bool = False
   # Candidate copies of the view per forward (0: off; K >= 2, copy 0 being the canvas as it stands):
   # `drafts(carry, tokens, masked)` gives copies 1..K-1, each run by its own rows in the same forward, and
-  # `View.drafts` holds their head statistics (draft-and-verify, FreeDave; cache none/prefix/dual/window).
+  # `View.drafts` holds their head statistics (draft-and-verify, FreeDave; every cache policy).
   draft_copies: int = 0
 
   @property

@@ -35,15 +35,22 @@ import jax
 import jax.numpy as jnp
 
 from dlm.engine.cache import empty_cache, window_forward
-from dlm.engine.programs import Forward, ForwardProgram
+from dlm.engine.programs import Forward, ForwardProgram, draft_canvases, split_copies, with_draft_view
 from dlm.kernels.head import LOGITS
 
 
 class BlockCausalCache(ForwardProgram):
   """State: (KV cache [n_layers, B, L, Hkv, Dh], edge [B, D]: the output at the slot before the model block, which
-  a shifted model's first block slot reads; it comes from the store forward, or the prefill)."""
+  a shifted model's first block slot reads; it comes from the store forward, or the prefill).
+
+  copies: a sampler's candidate copies (`draft_copies`, draft-and-verify): the denoising forward then runs the
+  model block of each copy as a row of its own (B * K rows against the repeated cache; copy 0's noisy keys are
+  kept, and the store forward overwrites them anyway), the prefill and store forwards stay on the B rows."""
 
   name = "block-causal-cache"
+
+  def __init__(self, copies: int = 0):
+    self.copies = copies
 
   def init(self, ctx):
     cfg = ctx.net.cfg
@@ -73,17 +80,49 @@ class BlockCausalCache(ForwardProgram):
     tokens, placed = s.tokens, None
     if ctx.sampler.block_start_ar and cfg.logit_shift:
       tokens, placed = self._block_start_token(ctx, s, where, edge, entry, block_start)
-    hidden, _ = window_forward(ctx.net, tokens, calls.positions, calls.valid, kv, block_start, bs)  # [B, bs, D]
     local = where.start - block_start + jnp.arange(bk)  # [Bk] the view's slots inside the forwarded block
-    if cfg.logit_shift:  # slot i reads output i - 1; the block's first slot reads the slot before the block
-      hidden = jnp.concatenate([edge[:, None].astype(hidden.dtype), hidden], axis=1)  # [B, 1 + bs, D]
-    hidden_view = jnp.take(hidden, local, axis=1)  # [B, Bk, D]
+
+    def denoise(tokens, positions, valid, kv, edge):
+      hidden, kv = window_forward(ctx.net, tokens, positions, valid, kv, block_start, bs)  # [R, bs, D]
+      if cfg.logit_shift:  # slot i reads output i - 1; the block's first slot reads the slot before the block
+        hidden = jnp.concatenate([edge[:, None].astype(hidden.dtype), hidden], axis=1)  # [R, 1 + bs, D]
+      return jnp.take(hidden, local, axis=1), kv  # [R, Bk, D]
+
+    drafts, copies = None, 1
+    if self.copies:
+      hidden_view, drafts, kv, copies = self._denoise_copies(ctx, s, where, tokens, kv, edge, denoise)
+    else:
+      hidden_view, kv = denoise(tokens, calls.positions, calls.valid, kv, edge)
     has_prompt_block = ctx.prompt_valid.any(-1)  # [B] the row's prompt has a full block: the reference prefills
     stored = entry & where.active & ((model_block > 0) | has_prompt_block)  # [B]
     width = jnp.where(model_block == 0, p, bs)
     return Forward(hidden=hidden_view, uncond=None, state=(kv, edge), ran=1 + stored.any().astype(jnp.int32),
-                   charged=where.active, width=bs, extra_charged=stored, extra_width=width,
-                   tokens=None if placed is None else tokens, placed=placed)
+                   charged=where.active, width=bs * copies, extra_charged=stored, extra_width=width,
+                   tokens=None if placed is None else tokens, placed=placed, drafts=drafts)
+
+  def extend_view(self, ctx, view, fwd, s, where, key):
+    return with_draft_view(ctx, view, fwd, key)
+
+  def _denoise_copies(self, ctx, s, where, tokens, kv, edge, denoise):
+    """The denoising forward over the sampler's K candidate copies (B * K rows against the repeated cache) when
+    some row drafts, else over the B rows alone.  -> hidden of copy 0 [B, Bk, D], (copies' hidden
+    [B*(K-1), Bk, D], their view tokens), the cache (copy 0's), copies run ([] int, 1 or K)."""
+    k, calls = self.copies, ctx.calls
+    b, bk = where.view_tokens.shape
+    drafts, drafting, canvases = draft_canvases(ctx, s, where, k, tokens)
+    repeat = lambda x: jnp.repeat(x, k, axis=0)
+
+    def plain(kv):
+      hidden, kv = denoise(tokens, calls.positions, calls.valid, kv, edge)
+      return hidden, jnp.repeat(hidden, k - 1, axis=0), kv, jnp.int32(1)
+
+    def expanded(kv):
+      kv_k = jax.tree.map(lambda x: jnp.repeat(x, k, axis=1), kv)  # [n_layers, B*K, L, ...]
+      hidden, kv_k = denoise(canvases, repeat(calls.positions), repeat(calls.valid), kv_k, repeat(edge))
+      return (*split_copies(hidden, k), jax.tree.map(lambda x: x[:, ::k], kv_k), jnp.int32(k))
+
+    hidden, draft_hidden, kv, copies = jax.lax.cond(drafting, expanded, plain, kv)
+    return hidden, (draft_hidden, drafts.reshape(b * (k - 1), bk)), kv, copies
 
   @staticmethod
   def _block_start_token(ctx, s, where, edge, entry, block_start):

@@ -147,10 +147,9 @@ def _check_inputs(model, prompts, prompt_valid, sampler, gen_length, block_lengt
     if not block_causal:
       raise ValueError("cache='block' is the exact cache of a block-causal model (SDAR, Fast-dLLM v2); this model "
                        f"is {model.cfg.attention_layout} (use 'prefix', 'dual' or 'window')")
-    if sampler.cfg_scale > 0 or sampler.soft_inputs or sampler.draft_copies:
-      raise ValueError(f"cache='block' runs without CFG, soft inputs and candidate copies; {type(sampler).__name__} "
-                       f"has cfg_scale={sampler.cfg_scale}, soft_inputs={sampler.soft_inputs}, "
-                       f"draft_copies={sampler.draft_copies} (use cache 'none', 'prefix' or 'dual')")
+    if sampler.cfg_scale > 0 or sampler.soft_inputs:
+      raise ValueError(f"cache='block' runs without CFG and soft inputs; {type(sampler).__name__} has "
+                       f"cfg_scale={sampler.cfg_scale}, soft_inputs={sampler.soft_inputs}")
   if sampler.block_start_ar and (cache != "block" or not model.cfg.logit_shift):
     raise ValueError(f"{type(sampler).__name__} starts each block with a left-to-right token, which cache='block' "
                      f"places on a block-causal model with shifted logits (Fast-dLLM v2); got {cache=} on a "

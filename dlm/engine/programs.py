@@ -219,6 +219,35 @@ class ProbedCache(CachedWindows):
     return dict(probe=state[1])
 
 
+def draft_canvases(ctx, s, where, k: int, tokens):
+  """The sampler's drafts of the view and the B * K canvases that hold them (a sampler with `draft_copies`).
+
+  -> drafts [B, K-1, Bv] (rows that do not decode this step keep their view), drafting [] bool (some row drafts
+  something), canvases [B*K, L]: row b * K + k is `tokens` [B, L] with copy k in the view (copy 0: as it stands).
+  """
+  b, bv = where.view_tokens.shape
+  drafts = ctx.sampler.drafts(s.carry, where.view_tokens, where.masked).astype(jnp.int32)  # [B, K-1, Bv]
+  drafts = jnp.where(where.active[:, None, None], drafts, where.view_tokens[:, None])
+  drafting = jnp.any(drafts != where.view_tokens[:, None])
+  copies = jnp.concatenate([where.view_tokens[:, None], drafts], axis=1).reshape(b * k, bv)  # [B*K, Bv]
+  canvases = jax.lax.dynamic_update_slice_in_dim(jnp.repeat(tokens, k, axis=0), copies, where.view_start, axis=1)
+  return drafts, drafting, canvases
+
+
+def split_copies(hidden, k: int):
+  """[B*K, Bv, D] -> copy 0's [B, Bv, D] and copies 1..K-1 as [B*(K-1), Bv, D] (row b * (K-1) + k - 1)."""
+  hidden = hidden.reshape(-1, k, *hidden.shape[1:])
+  return hidden[:, 0], hidden[:, 1:].reshape(-1, *hidden.shape[2:])
+
+
+def with_draft_view(ctx, view, fwd, key):
+  """The View plus the candidate copies' statistics (`View.drafts`), when the program ran copies."""
+  if fwd.drafts is None:
+    return view
+  hidden, tokens = fwd.drafts
+  return view.replace(drafts=ctx.view_of(hidden, None, ctx.sampler.head_request, key, tokens))
+
+
 class CandidateCopies(ForwardProgram):
   """K candidate copies of the canvas in one forward (FreeDave's `batch_expanding` mode): copy 0 is the canvas as
   it stands, copies 1..K-1 hold the sampler's drafts in the view's slots (`Sampler.drafts`), and every copy is a
@@ -226,7 +255,8 @@ class CandidateCopies(ForwardProgram):
   cache is repeated per copy (prefix/dual/window: the copies share what lies outside the view, so copy 0's cache
   is kept).  When no active row drafts anything (a block's first step, so every cache refresh), the inner
   program runs on the B rows alone (one `lax.cond`; the copies' statistics are then copy 0's).
-  One call: charged one NFE, K times the inner program's width in positions."""
+  One call: charged one NFE, K times the inner program's width in positions.  (A block-causal model's exact
+  cache runs its copies inside BlockCausalCache.)"""
 
   name = "candidate-copies"
 
@@ -248,36 +278,28 @@ class CandidateCopies(ForwardProgram):
 
   def run(self, ctx, s, where, feed) -> Forward:
     k, (b, bv) = self.copies, where.view_tokens.shape
-    drafts = ctx.sampler.drafts(s.carry, where.view_tokens, where.masked).astype(jnp.int32)  # [B, K-1, Bv]
-    drafts = jnp.where(where.active[:, None, None], drafts, where.view_tokens[:, None])
-    drafting = jnp.any(drafts != where.view_tokens[:, None])
-    repeat = lambda tree: jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), tree)
+    drafts, drafting, canvases = draft_canvases(ctx, s, where, k, s.tokens)
+    repeat = lambda x: jnp.repeat(x, k, axis=0)
 
     def plain(state):
       fwd = self.inner.run(ctx, s.replace(forward=state), where, feed)
       return fwd.hidden, jnp.repeat(fwd.hidden, k - 1, axis=0), fwd.state, jnp.asarray(fwd.width, jnp.int32)
 
     def expanded(state):
-      wide = self._expanded_context(ctx)
-      copies = jnp.concatenate([where.view_tokens[:, None], drafts], axis=1).reshape(b * k, bv)  # [B*K, Bv]
-      tokens = jax.lax.dynamic_update_slice_in_dim(repeat(s.tokens), copies, where.view_start, axis=1)
       # A KV cache is [n_layers, R, L, ...]: rows on axis 1.
       state_k = jax.tree.map(lambda x: jnp.repeat(x, k, axis=1), state)
-      where_k = dataclasses.replace(where, view_tokens=copies, masked=repeat(where.masked),
-                                    active=repeat(where.active))
-      fwd = self.inner.run(wide, s.replace(tokens=tokens, forward=state_k), where_k, feed)
-      hidden = fwd.hidden.reshape(b, k, *fwd.hidden.shape[1:])  # [B, K, Bv, D]
+      where_k = dataclasses.replace(where, view_tokens=jax.lax.dynamic_slice_in_dim(canvases, where.view_start, bv, 1),
+                                    masked=repeat(where.masked), active=repeat(where.active))
+      fwd = self.inner.run(self._expanded_context(ctx), s.replace(tokens=canvases, forward=state_k), where_k, feed)
       kept = jax.tree.map(lambda x: x[:, ::k], fwd.state)  # copy 0 of each row
-      return (hidden[:, 0], hidden[:, 1:].reshape(b * (k - 1), *hidden.shape[2:]), kept,
-              jnp.asarray(fwd.width, jnp.int32) * k)
+      return (*split_copies(fwd.hidden, k), kept, jnp.asarray(fwd.width, jnp.int32) * k)
 
     hidden, draft_hidden, state, width = jax.lax.cond(drafting, expanded, plain, s.forward)
     return Forward(hidden=hidden, uncond=None, state=state, ran=True, charged=where.active, width=width,
                    drafts=(draft_hidden, drafts.reshape(b * (k - 1), bv)))
 
   def extend_view(self, ctx, view, fwd, s, where, key):
-    hidden, tokens = fwd.drafts
-    return view.replace(drafts=ctx.view_of(hidden, None, ctx.sampler.head_request, key, tokens))
+    return with_draft_view(ctx, view, fwd, key)
 
   def __repr__(self):
     return f"CandidateCopies({self.inner!r}, copies={self.copies})"
@@ -289,7 +311,7 @@ def choose_program(capabilities: frozenset[str], *, cached: bool, probe: bool, r
   with (`check_combination` has already refused what does not combine, so at most one of these applies)."""
   if block_cache:
     from dlm.engine.block_cache import BlockCausalCache  # it imports this module
-    return BlockCausalCache()
+    return BlockCausalCache(copies if "draft_copies" in capabilities else 0)
   if "draft_copies" in capabilities:  # the divergence probe is not run under copies
     return CandidateCopies(CachedWindows() if cached else FullCanvas(), copies)
   if cached:
