@@ -111,7 +111,7 @@ def pc_reference(model, prompt, valid, *, steps, gen_length, block_length, lambd
   return x[0]
 
 
-@pytest.mark.parametrize("lambd", [0.0, 0.25])
+@pytest.mark.parametrize("lambd", [0.0, pytest.param(0.25, marks=pytest.mark.slow)])
 def test_pc_sampler_matches_the_reference_loop(sharp, tmp_path, lambd):
   from dlm.io.token_freq import write_table
   rng = np.random.default_rng(0)

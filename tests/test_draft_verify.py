@@ -97,7 +97,7 @@ def freedave_reference(model, prompt, valid, *, gen_length, block_length, draft_
   return x[0], forwards
 
 
-@pytest.mark.parametrize("draft_steps", [2, 4])
+@pytest.mark.parametrize("draft_steps", [pytest.param(2, marks=pytest.mark.slow), 4])
 def test_matches_the_reference_loop(llada, draft_steps):
   sampler = make_sampler("draft_verify", draft_steps=draft_steps)
   out = generate(llada, PROMPTS, VALID, sampler=sampler, gen_length=GEN, block_length=BLOCK)
@@ -106,8 +106,13 @@ def test_matches_the_reference_loop(llada, draft_steps):
   assert (np.asarray(out.nfe) < GEN).all()  # the drafts were accepted somewhere, or the test shows nothing
 
 
-@pytest.mark.parametrize("layout,cache", [("llada", "none"), ("llada", "prefix"), ("llada", "dual"),
-                                          ("llada", "window"), ("dream", "none"), ("dream", "dual")])
+# prefix and window run the same windowed program as dual, another width; dream/none the llada/none program
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("layout,cache", [("llada", "none"), pytest.param("llada", "prefix", marks=SLOW),
+                                          ("llada", "dual"), pytest.param("llada", "window", marks=SLOW),
+                                          pytest.param("dream", "none", marks=SLOW), ("dream", "dual")])
 def test_equals_one_token_per_step(request, layout, cache):
   net = request.getfixturevalue(layout)
   kw = dict(gen_length=GEN, block_length=BLOCK, cache=cache, window=2)
@@ -140,7 +145,7 @@ def test_refusals(llada):
     make_sampler("draft_verify", temperature=0.5)
 
 
-@pytest.mark.parametrize("cache", ["none", "block"])
+@pytest.mark.parametrize("cache", [pytest.param("none", marks=pytest.mark.slow), "block"])
 def test_block_causal_model_equals_one_token_per_step(cache):
   """On a block-causal model (prompt tails placed in the first answer block) the copies are of the view inside
   the model's block, also against its exact cache (the prefill and store forwards stay on the B rows); one token
