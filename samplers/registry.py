@@ -13,6 +13,7 @@ from dlm.samplers.draft_verify import DraftVerify
 from dlm.samplers.fast_dllm_v2 import FastDLLMv2
 from dlm.samplers.llada import LowConfidence, RandomRemasking
 from dlm.samplers.eb import EntropyBounded
+from dlm.samplers.frechet import FrechetProfile
 from dlm.samplers.entropy_threshold import EntropyThreshold
 from dlm.samplers.klass import Klass
 from dlm.samplers.learn2pd import Learn2PD
@@ -50,6 +51,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "draft_verify": DraftVerify,
     "entropy_threshold": EntropyThreshold,
     "pc_sampler": PCSampler,
+    "fastdllm_pp": FrechetProfile,
 }
 
 

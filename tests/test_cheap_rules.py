@@ -37,8 +37,10 @@ def test_entropy_commit_by_hand():
   np.testing.assert_array_equal(got, [[False, True, True, False], [False, False, False, True]])
 
 
-def dparallel_reference(model, prompt, valid, *, gen_length, block_length, tau):
-  """One row through dParallel's `generate` with `threshold` (a full forward per step).  -> (tokens, forwards)."""
+def adaptive_reference(model, prompt, valid, *, gen_length, block_length, choose):
+  """One row through a reference `generate` of the adaptive kind (a full forward per step, each block decoded
+  until it has no masks): choose(logits [Bk, V] with the mask id banned, masked slot indices) -> the slots that
+  take their argmax.  -> (tokens, forwards)."""
   row = OneRow(model, prompt, valid, gen_length)
   x, m_id = row.x, row.mask_id
   forwards = 0
@@ -47,13 +49,19 @@ def dparallel_reference(model, prompt, valid, *, gen_length, block_length, tau):
     while (x[0, s:e] == m_id).any():
       logits = row.logits(s, e)  # the mask id banned, as in every dlm view (README: known differences)
       forwards += 1
-      probs = softmax(logits)
-      entropy = -np.sum(probs * np.log(probs + 1e-12), axis=-1)
-      masked = np.flatnonzero(x[0, s:e] == m_id)
-      order = masked[np.argsort(entropy[masked], kind="stable")]
-      take = [order[0]] + [i for i in order[1:] if entropy[i] <= tau]
-      x[0, s + np.asarray(take)] = logits.argmax(-1)[take]
+      take = np.asarray(choose(logits, np.flatnonzero(x[0, s:e] == m_id)))
+      x[0, s + take] = logits.argmax(-1)[take]
   return x[0], forwards
+
+
+def dparallel_reference(model, prompt, valid, *, gen_length, block_length, tau):
+  """dParallel's `generate` with `threshold`: the lowest-entropy masked slot and every one with entropy <= tau."""
+  def choose(logits, masked):
+    probs = softmax(logits)
+    entropy = -np.sum(probs * np.log(probs + 1e-12), axis=-1)
+    order = masked[np.argsort(entropy[masked], kind="stable")]
+    return [order[0]] + [i for i in order[1:] if entropy[i] <= tau]
+  return adaptive_reference(model, prompt, valid, gen_length=gen_length, block_length=block_length, choose=choose)
 
 
 def test_entropy_threshold_matches_the_reference_loop(sharp):
@@ -167,3 +175,36 @@ def test_pc_sampler_shipped_testbed_table():
   ids, freq, _ = read_table("testbed")
   assert len(ids) > 10 and abs(freq.sum() - 1.0) < 1e-5
   assert make_sampler("pc_sampler", baseline="testbed").default_params(16, 8)["ids"].shape == ids.shape
+
+
+# -- Fast-dLLM++ (Fréchet profile decoding) ---------------------------------------------------------------------
+
+
+def test_frechet_count_by_hand_and_the_factor_case():
+  from dlm.samplers.frechet import frechet_count
+  conf = jnp.asarray([[0.99, 0.95, 0.9, 0.5], [0.9, 0.9, 0.9, 0.9], [0.3, 0.2, 0.1, 0.0]])
+  eligible = jnp.asarray([[True] * 4, [True] * 4, [True, True, True, False]])
+  # row 0: G_1 = 0.99 - 0.01, G_2 = 0.94 - 0.05 = 0.89, G_3 = 0.84 - 0.1 = 0.74, G_4 = 0.34 - 0.5 < 0.25 -> 3
+  # row 1 (equal confidences, eps = 0.1): G_n = 1 - (n + 1) 0.1 > 0.25 for n <= 6 -> all 4, the factor rule's
+  #   (n + 1) eps < f = 0.75;  row 2: nothing passes, at least one
+  np.testing.assert_array_equal(np.asarray(frechet_count(conf, eligible, 0.25)), [3, 4, 1])
+  np.testing.assert_array_equal(np.asarray(frechet_count(conf, eligible, 0.8)), [2, 1, 1])
+
+
+def frechet_reference(model, prompt, valid, *, gen_length, block_length, margin):
+  """Fast-dLLM++'s `generate` with `frechet_margin`: the sorted prefix whose Fréchet score beats the margin."""
+  def choose(logits, masked):
+    conf = softmax(logits)[np.arange(len(logits)), logits.argmax(-1)]
+    order = masked[np.argsort(-conf[masked], kind="stable")]
+    c = conf[order]
+    score = np.cumsum(c) - np.arange(len(c)) - (1.0 - c)
+    score[0] = np.inf
+    return order[:max(int((score > margin).sum()), 1)]
+  return adaptive_reference(model, prompt, valid, gen_length=gen_length, block_length=block_length, choose=choose)
+
+
+def test_frechet_matches_the_reference_loop(sharp):
+  out = generate(sharp, PROMPTS, VALID, sampler=make_sampler("fastdllm_pp", margin=0.25), gen_length=GEN,
+                 block_length=BLOCK)
+  assert_rows_match(out, frechet_reference, sharp, PROMPTS, VALID, gen_length=GEN, block_length=BLOCK, margin=0.25)
+  assert (np.asarray(out.nfe) < GEN).any()
