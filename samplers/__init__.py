@@ -17,6 +17,7 @@ from dlm.samplers.entropy_threshold import EntropyThreshold
 from dlm.samplers.klass import Klass
 from dlm.samplers.learn2pd import Learn2PD
 from dlm.samplers.lrd import LatentRefinement
+from dlm.samplers.multi_block import MultiBlock
 from dlm.samplers.pc_sampler import PCSampler
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
@@ -26,5 +27,5 @@ from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
 
 __all__ = ["AdaptiveParallel", "Ancestral", "Credit", "Dilated", "DraftVerify", "DreamSampler", "EntropyBounded", "EntropyThreshold", "Factor", "FastDLLMv2", "FrechetProfile", "Hierarchy",
-           "IterationSmoothing", "JointSampler", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "PCSampler", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "SDARSampler", "Sampler", "Threshold", "Wino",
+           "IterationSmoothing", "JointSampler", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "MultiBlock", "PCSampler", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "SDARSampler", "Sampler", "Threshold", "Wino",
            "exponential_hires", "gumbel_argmax", "make_sampler", "probability_of", "topk_per_row"]

@@ -18,6 +18,7 @@ from dlm.samplers.entropy_threshold import EntropyThreshold
 from dlm.samplers.klass import Klass
 from dlm.samplers.learn2pd import Learn2PD
 from dlm.samplers.lrd import LatentRefinement
+from dlm.samplers.multi_block import MultiBlock
 from dlm.samplers.pc_sampler import PCSampler
 from dlm.samplers.prophet import Prophet
 from dlm.samplers.remdm import ReMDM
@@ -52,6 +53,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "entropy_threshold": EntropyThreshold,
     "pc_sampler": PCSampler,
     "fastdllm_pp": FrechetProfile,
+    "multi_block": MultiBlock,
 }
 
 
