@@ -20,7 +20,7 @@ CASES = (("low_confidence", dict(steps=16), "none"), ("threshold", {}, "dual"), 
 
 def main():
   from dlm.engine.generate import _generate_jit, _prepare
-  from dlm.model.config import tiny_dream, tiny_llada
+  from dlm.model.config import tiny_dream, tiny_llada, tiny_sdar
   from dlm.model.transformer import init_model
   from dlm.samplers.registry import make_sampler
   prompts = np.array([[0, 0, 5, 6, 7, 8], [3, 4, 5, 6, 7, 9]], np.int32)
@@ -31,6 +31,13 @@ def main():
                                block_length=8, cache=cache)
       text = _generate_jit.lower(*args, **statics).as_text()
       print(make.__name__, name, cache, hashlib.sha1(text.encode()).hexdigest()[:16], len(text))
+  # a block-causal model's exact cache (blocks of 4, prompt tails placed)
+  net = init_model(tiny_sdar(dtype="float32"), seed=1)
+  for name, settings in (("threshold", {}), ("sdar", dict(steps=4))):
+    args, statics = _prepare(net, prompts, prompts != 0, sampler=make_sampler(name, **settings), gen_length=12,
+                             block_length=4, cache="block")
+    text = _generate_jit.lower(*args, **statics).as_text()
+    print("tiny_sdar", name, "block", hashlib.sha1(text.encode()).hexdigest()[:16], len(text))
 
 
 if __name__ == "__main__":

@@ -80,19 +80,19 @@ class BlockCausalCache(ForwardProgram):
     tokens, placed = s.tokens, None
     if ctx.sampler.block_start_ar and cfg.logit_shift:
       tokens, placed = self._block_start_token(ctx, s, where, edge, entry, block_start)
-    local = where.start - block_start + jnp.arange(bk)  # [Bk] the view's slots inside the forwarded block
-
     def denoise(tokens, positions, valid, kv, edge):
       hidden, kv = window_forward(ctx.net, tokens, positions, valid, kv, block_start, bs)  # [R, bs, D]
+      local = where.start - block_start + jnp.arange(bk)  # [Bk] the view's slots inside the forwarded block
       if cfg.logit_shift:  # slot i reads output i - 1; the block's first slot reads the slot before the block
         hidden = jnp.concatenate([edge[:, None].astype(hidden.dtype), hidden], axis=1)  # [R, 1 + bs, D]
       return jnp.take(hidden, local, axis=1), kv  # [R, Bk, D]
 
+    # The denoising forward's noisy keys are not kept: the store forward writes the clean block's.
     drafts, copies = None, 1
     if self.copies:
-      hidden_view, drafts, kv, copies = self._denoise_copies(ctx, s, where, tokens, kv, edge, denoise)
+      hidden_view, drafts, copies = self._denoise_copies(ctx, s, where, tokens, kv, edge, denoise)
     else:
-      hidden_view, kv = denoise(tokens, calls.positions, calls.valid, kv, edge)
+      hidden_view, _ = denoise(tokens, calls.positions, calls.valid, kv, edge)
     has_prompt_block = ctx.prompt_valid.any(-1)  # [B] the row's prompt has a full block: the reference prefills
     stored = entry & where.active & ((model_block > 0) | has_prompt_block)  # [B]
     width = jnp.where(model_block == 0, p, bs)
@@ -106,23 +106,23 @@ class BlockCausalCache(ForwardProgram):
   def _denoise_copies(self, ctx, s, where, tokens, kv, edge, denoise):
     """The denoising forward over the sampler's K candidate copies (B * K rows against the repeated cache) when
     some row drafts, else over the B rows alone.  -> hidden of copy 0 [B, Bk, D], (copies' hidden
-    [B*(K-1), Bk, D], their view tokens), the cache (copy 0's), copies run ([] int, 1 or K)."""
+    [B*(K-1), Bk, D], their view tokens), copies run ([] int, 1 or K)."""
     k, calls = self.copies, ctx.calls
     b, bk = where.view_tokens.shape
     drafts, drafting, canvases = draft_canvases(ctx, s, where, k, tokens)
     repeat = lambda x: jnp.repeat(x, k, axis=0)
 
     def plain(kv):
-      hidden, kv = denoise(tokens, calls.positions, calls.valid, kv, edge)
-      return hidden, jnp.repeat(hidden, k - 1, axis=0), kv, jnp.int32(1)
+      hidden, _ = denoise(tokens, calls.positions, calls.valid, kv, edge)
+      return hidden, jnp.repeat(hidden, k - 1, axis=0), jnp.int32(1)
 
     def expanded(kv):
       kv_k = jax.tree.map(lambda x: jnp.repeat(x, k, axis=1), kv)  # [n_layers, B*K, L, ...]
-      hidden, kv_k = denoise(canvases, repeat(calls.positions), repeat(calls.valid), kv_k, repeat(edge))
-      return (*split_copies(hidden, k), jax.tree.map(lambda x: x[:, ::k], kv_k), jnp.int32(k))
+      hidden, _ = denoise(canvases, repeat(calls.positions), repeat(calls.valid), kv_k, repeat(edge))
+      return (*split_copies(hidden, k), jnp.int32(k))
 
-    hidden, draft_hidden, kv, copies = jax.lax.cond(drafting, expanded, plain, kv)
-    return hidden, (draft_hidden, drafts.reshape(b * (k - 1), bk)), kv, copies
+    hidden, draft_hidden, copies = jax.lax.cond(drafting, expanded, plain, kv)
+    return hidden, (draft_hidden, drafts.reshape(b * (k - 1), bk)), copies
 
   @staticmethod
   def _block_start_token(ctx, s, where, edge, entry, block_start):
