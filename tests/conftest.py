@@ -42,6 +42,15 @@ def dream_model():
   return init_model(tiny_dream(), seed=4)
 
 
+@pytest.fixture(scope="session")
+def sharp_model():
+  """The tiny LLaDA with its vocabulary head scaled by 32: confident predictions, so parallel rules commit several
+  slots per step and drafts get accepted."""
+  net = init_model(tiny_llada(), seed=3)
+  net.head.kernel[...] = net.head.kernel[...] * 32.0
+  return net
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
   """Drop JAX's compiled programs after each test module.  Every XLA:CPU executable keeps its own memory

@@ -11,21 +11,12 @@ import numpy as np
 import pytest
 
 from dlm.engine import generate
-from dlm.model.config import tiny_llada
-from dlm.model.transformer import init_model
 from dlm.samplers.entropy_threshold import entropy_commit
 from dlm.samplers.registry import make_sampler
 from tests.conftest import PROMPTS, VALID
 from tests.reference_loops import OneRow, assert_rows_match, softmax
 
 GEN, BLOCK = 16, 8
-
-
-@pytest.fixture(scope="module")
-def sharp():
-  net = init_model(tiny_llada(), seed=3)
-  net.head.kernel[...] = net.head.kernel[...] * 32.0
-  return net
 
 
 def test_entropy_commit_by_hand():
@@ -64,11 +55,11 @@ def dparallel_reference(model, prompt, valid, *, gen_length, block_length, tau):
   return adaptive_reference(model, prompt, valid, gen_length=gen_length, block_length=block_length, choose=choose)
 
 
-def test_entropy_threshold_matches_the_reference_loop(sharp):
+def test_entropy_threshold_matches_the_reference_loop(sharp_model):
   tau = 1.0
-  out = generate(sharp, PROMPTS, VALID, sampler=make_sampler("entropy_threshold", tau=tau), gen_length=GEN,
+  out = generate(sharp_model, PROMPTS, VALID, sampler=make_sampler("entropy_threshold", tau=tau), gen_length=GEN,
                  block_length=BLOCK)
-  assert_rows_match(out, dparallel_reference, sharp, PROMPTS, VALID, gen_length=GEN, block_length=BLOCK, tau=tau)
+  assert_rows_match(out, dparallel_reference, sharp_model, PROMPTS, VALID, gen_length=GEN, block_length=BLOCK, tau=tau)
   assert (np.asarray(out.nfe) < GEN).any()  # several slots per step somewhere, or the test shows nothing
 
 
@@ -120,23 +111,24 @@ def pc_reference(model, prompt, valid, *, steps, gen_length, block_length, lambd
 
 
 @pytest.mark.parametrize("lambd", [0.0, pytest.param(0.25, marks=pytest.mark.slow)])
-def test_pc_sampler_matches_the_reference_loop(sharp, tmp_path, lambd):
+def test_pc_sampler_matches_the_reference_loop(sharp_model, tmp_path, lambd):
   from dlm.io.token_freq import write_table
   rng = np.random.default_rng(0)
-  v = sharp.cfg.vocab_size
-  counts = {int(t): int(c) for t, c in zip(rng.choice(v, v // 2, replace=False), rng.integers(1, 5, v // 2))}  # rare: -p log f clamps at alpha
-  counts[sharp.cfg.eos_id] = 10**6  # the tiny model proposes end of text often: make it the frequent token
+  v = sharp_model.cfg.vocab_size
+  ids, rare = rng.choice(v, v // 2, replace=False), rng.integers(1, 5, v // 2)  # rare: -p log f clamps at alpha
+  counts = {int(t): int(c) for t, c in zip(ids, rare)}
+  counts[sharp_model.cfg.eos_id] = 10**6  # the tiny model proposes end of text often: make it the frequent token
   total = sum(counts.values()) + 1000
   path = str(write_table(counts, total, tmp_path / "freq.json"))
   table = {k: c / total for k, c in counts.items()} | {"default": 1.0 / total}
   sampler = make_sampler("pc_sampler", steps=GEN, lambd=lambd, alpha=10.0, baseline=path)
-  out = generate(sharp, PROMPTS, VALID, sampler=sampler, gen_length=GEN, block_length=BLOCK)
+  out = generate(sharp_model, PROMPTS, VALID, sampler=sampler, gen_length=GEN, block_length=BLOCK)
   for row in range(PROMPTS.shape[0]):
-    want = pc_reference(sharp, PROMPTS[row], VALID[row], steps=GEN, gen_length=GEN, block_length=BLOCK,
+    want = pc_reference(sharp_model, PROMPTS[row], VALID[row], steps=GEN, gen_length=GEN, block_length=BLOCK,
                         lambd=lambd, alpha=10.0, table=table)
     np.testing.assert_array_equal(np.asarray(out.tokens)[row], want)
   if lambd == 0:  # the calibration changes the order: without the table the same model decodes otherwise
-    plain = generate(sharp, PROMPTS, VALID, sampler=make_sampler("pc_sampler", steps=GEN, lambd=0.0),
+    plain = generate(sharp_model, PROMPTS, VALID, sampler=make_sampler("pc_sampler", steps=GEN, lambd=0.0),
                      gen_length=GEN, block_length=BLOCK)
     assert not np.array_equal(np.asarray(plain.commit_step), np.asarray(out.commit_step))
 
@@ -203,8 +195,9 @@ def frechet_reference(model, prompt, valid, *, gen_length, block_length, margin)
   return adaptive_reference(model, prompt, valid, gen_length=gen_length, block_length=block_length, choose=choose)
 
 
-def test_frechet_matches_the_reference_loop(sharp):
-  out = generate(sharp, PROMPTS, VALID, sampler=make_sampler("fastdllm_pp", margin=0.25), gen_length=GEN,
+def test_frechet_matches_the_reference_loop(sharp_model):
+  out = generate(sharp_model, PROMPTS, VALID, sampler=make_sampler("fastdllm_pp", margin=0.25), gen_length=GEN,
                  block_length=BLOCK)
-  assert_rows_match(out, frechet_reference, sharp, PROMPTS, VALID, gen_length=GEN, block_length=BLOCK, margin=0.25)
+  assert_rows_match(out, frechet_reference, sharp_model, PROMPTS, VALID, gen_length=GEN, block_length=BLOCK,
+                    margin=0.25)
   assert (np.asarray(out.nfe) < GEN).any()

@@ -18,8 +18,6 @@ import pytest
 from dlm.engine import View, generate
 from dlm.engine.calls import NetworkCalls
 from dlm.engine.state import Decision
-from dlm.model.config import tiny_llada
-from dlm.model.transformer import init_model
 from dlm.samplers import Ancestral, EntropyBounded, Klass, LowConfidence, Prophet, ReMDM, Wino
 from dlm.samplers.base import AdaptiveSampler
 from dlm.samplers.wino import wino_draft, wino_revoke
@@ -325,13 +323,6 @@ def test_remask_protocol_guards(model):
 
 # ---------------------------------------------------------------------------------------------------------------
 # every rule through the engine, batched
-
-
-@pytest.fixture(scope="module")
-def sharp_model():
-  net = init_model(tiny_llada(), seed=3)
-  net.head.kernel[...] = net.head.kernel[...] * 32.0
-  return net
 
 
 RULES = {

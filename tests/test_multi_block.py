@@ -17,13 +17,6 @@ from tests.reference_loops import OneRow, assert_rows_match, softmax
 GEN, BLOCK = 24, 8
 
 
-@pytest.fixture(scope="module")
-def sharp():
-  net = init_model(tiny_llada(), seed=3)
-  net.head.kernel[...] = net.head.kernel[...] * 32.0
-  return net
-
-
 def d3llm_reference(model, prompt, valid, *, gen_length, block_length, threshold, add, activate):
   """generate_multi_block (no cache, early_stop off), one row: block states in a dict as the reference keeps
   them.  -> (tokens, forwards)."""
@@ -42,8 +35,9 @@ def d3llm_reference(model, prompt, valid, *, gen_length, block_length, threshold
     last = states[max(states)]
     if nxt <= nb and (progress(last) >= add or last["left"] == 0):
       start = p + (nxt - 1) * block_length
-      states[nxt] = dict(start=start, end=start + block_length, left=int((x[0, start:start + block_length] == m_id).sum()),
-                         total=block_length, on=progress(states[nxt - 1]) >= activate)
+      left = int((x[0, start:start + block_length] == m_id).sum())
+      states[nxt] = dict(start=start, end=start + block_length, left=left, total=block_length,
+                         on=progress(states[nxt - 1]) >= activate)
       nxt += 1
     end = max(s["end"] for b, s in states.items() if s["on"] or s["left"] > 0)
     logits = row.logits(0, x.shape[1])
@@ -67,24 +61,24 @@ def d3llm_reference(model, prompt, valid, *, gen_length, block_length, threshold
 
 
 @pytest.mark.parametrize("threshold,add,activate", [(0.5, 0.1, 0.95), (0.3, 0.5, 0.5)])
-def test_matches_the_reference_loop(sharp, threshold, add, activate):
+def test_matches_the_reference_loop(sharp_model, threshold, add, activate):
   sampler = make_sampler("multi_block", threshold=threshold, block_add_threshold=add,
                          decoded_token_threshold=activate)
-  out = generate(sharp, PROMPTS, VALID, sampler=sampler, gen_length=GEN, block_length=BLOCK)
-  assert_rows_match(out, d3llm_reference, sharp, PROMPTS, VALID, gen_length=GEN, block_length=BLOCK,
+  out = generate(sharp_model, PROMPTS, VALID, sampler=sampler, gen_length=GEN, block_length=BLOCK)
+  assert_rows_match(out, d3llm_reference, sharp_model, PROMPTS, VALID, gen_length=GEN, block_length=BLOCK,
                     threshold=threshold, add=add, activate=activate)
-  alone = generate(sharp, PROMPTS[2:3], VALID[2:3], sampler=sampler, gen_length=GEN, block_length=BLOCK)
+  alone = generate(sharp_model, PROMPTS[2:3], VALID[2:3], sampler=sampler, gen_length=GEN, block_length=BLOCK)
   np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(out.tokens)[2])
   # some slot of a later block was committed while an earlier block still had masks
   commit = np.asarray(out.commit_step).reshape(len(PROMPTS), GEN // BLOCK, BLOCK)
   assert (commit[:, 1].min(-1) < commit[:, 0].max(-1)).any()
 
 
-def test_sequential_thresholds_equal_blockwise_entropy_threshold(sharp):
+def test_sequential_thresholds_equal_blockwise_entropy_threshold(sharp_model):
   kw = dict(gen_length=GEN, block_length=BLOCK)
-  out = generate(sharp, PROMPTS, VALID, sampler=make_sampler("multi_block", threshold=1.0, block_add_threshold=1.0,
-                                                             decoded_token_threshold=1.0), **kw)
-  blockwise = generate(sharp, PROMPTS, VALID, sampler=make_sampler("entropy_threshold", tau=1.0), **kw)
+  sequential = make_sampler("multi_block", threshold=1.0, block_add_threshold=1.0, decoded_token_threshold=1.0)
+  out = generate(sharp_model, PROMPTS, VALID, sampler=sequential, **kw)
+  blockwise = generate(sharp_model, PROMPTS, VALID, sampler=make_sampler("entropy_threshold", tau=1.0), **kw)
   np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(blockwise.tokens))
   np.testing.assert_array_equal(np.asarray(out.nfe), np.asarray(blockwise.nfe))
 
