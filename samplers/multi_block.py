@@ -68,10 +68,11 @@ class MultiBlock(AdaptiveSampler):
     return "multi_block"
 
   def init(self, batch, block_length, vocab_size=0):
-    del vocab_size  # block_length is the view's length: the whole answer
-    # added: blocks in flight so far (the first is added at the start); activated: per answer slot, constant
-    # over a block (the view's block size is known only in `step`)
-    return dict(added=jnp.ones((batch,), jnp.int32), activated=jnp.zeros((batch, block_length), bool))
+    del block_length, vocab_size
+    # blocks in flight so far (the first is added at the start).  Which of them are activated is not kept: a
+    # block's predecessor only ever gains decoded slots, so "it passed the threshold at some step" is "it passes
+    # it now", both read at the start of a step as the reference reads them.
+    return dict(added=jnp.ones((batch,), jnp.int32))
 
   def step(self, view: View, block: BlockState, carry, key):
     del key
@@ -82,14 +83,13 @@ class MultiBlock(AdaptiveSampler):
     progress = 1.0 - counts / bk
     ids = jnp.arange(nb)[None]  # [1, nb]
     added = carry["added"]
-    activated = carry["activated"].reshape(b, nb, bk)[..., 0]  # [B, nb]
-    prev_progress = jnp.concatenate([jnp.ones((b, 1)), progress[:, :-1]], axis=1)  # [B, nb]; the prompt: 1
-    activated = activated | ((ids < added[:, None]) & (prev_progress >= self.decoded_token_threshold))  # 1
     newest = jnp.take_along_axis(progress, (added - 1)[:, None], 1)[:, 0]  # 2
     newest_left = jnp.take_along_axis(counts, (added - 1)[:, None], 1)[:, 0]
     grow = (added < nb) & ((newest >= self.block_add_threshold) | (newest_left == 0))
-    activated = activated | ((ids == added[:, None]) & grow[:, None] & (newest >= self.decoded_token_threshold)[:, None])
     added = added + grow
+    prev_progress = jnp.concatenate([jnp.ones((b, 1)), progress[:, :-1]], axis=1)  # [B, nb]; the prompt: 1
+    # 1 and the new block's start: activated once the block before it passed the threshold (init's comment)
+    activated = (ids < added[:, None]) & (prev_progress >= self.decoded_token_threshold)  # [B, nb]
     slot_block = jnp.arange(g) // bk  # [G]
     candidates = masked & (slot_block[None] < added[:, None])  # 3
     commit = entropy_commit(view.entropy, candidates, self.threshold)
@@ -100,7 +100,6 @@ class MultiBlock(AdaptiveSampler):
     tokens = jnp.where(forced, view.top1, view.sample)
     commit = commit | forced
     active = block.active
-    carry = dict(added=jnp.where(active, added, carry["added"]),
-                 activated=jnp.where(active[:, None], jnp.repeat(activated, bk, axis=1), carry["activated"]))
+    carry = dict(added=jnp.where(active, added, carry["added"]))
     hold = jnp.any(masked & ~commit, axis=-1)  # the row decodes on until its whole answer is resolved
     return Decision(tokens=tokens, commit=commit, hold=hold), carry

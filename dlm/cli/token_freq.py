@@ -36,7 +36,8 @@ def add_parser(sub):
   p = sub.add_parser("token-freq", help="count token frequencies in text files or testbed task answers into a "
                      "PC-Sampler table (P_baseline.json layout; pc_sampler's baseline=PATH)")
   p.add_argument("--text", nargs="+", type=existing_file, default=None, help="UTF-8 text files, one document per line")
-  p.add_argument("--tokenizer", type=existing_dir, default=None, help="model folder whose tokenizer.json encodes --text")
+  p.add_argument("--tokenizer", type=existing_dir, default=None,
+                 help="model folder whose tokenizer.json encodes --text")
   p.add_argument("--task", nargs="+", type=task_name(), default=None, help="testbed tasks whose answers are counted")
   p.add_argument("--n", type=positive_int, default=4096, help="examples per task")
   p.add_argument("--seed", type=nonnegative_int, default=0)

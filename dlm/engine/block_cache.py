@@ -44,8 +44,8 @@ class BlockCausalCache(ForwardProgram):
   a shifted model's first block slot reads; it comes from the store forward, or the prefill).
 
   copies: a sampler's candidate copies (`draft_copies`, draft-and-verify): the denoising forward then runs the
-  model block of each copy as a row of its own (B * K rows against the repeated cache; copy 0's noisy keys are
-  kept, and the store forward overwrites them anyway), the prefill and store forwards stay on the B rows."""
+  model block of each copy as a row of its own (B * K rows against the repeated cache, which none of them
+  writes: no denoising forward's noisy keys are kept), the prefill and store forwards stay on the B rows."""
 
   name = "block-causal-cache"
 
@@ -81,18 +81,19 @@ class BlockCausalCache(ForwardProgram):
     if ctx.sampler.block_start_ar and cfg.logit_shift:
       tokens, placed = self._block_start_token(ctx, s, where, edge, entry, block_start)
     def denoise(tokens, positions, valid, kv, edge):
-      hidden, kv = window_forward(ctx.net, tokens, positions, valid, kv, block_start, bs)  # [R, bs, D]
+      """The model block's forward against the cache -> hidden of the view's slots [R, Bk, D] (R = B or B*K);
+      its noisy keys are dropped: the store forward writes the clean block's."""
+      hidden, _ = window_forward(ctx.net, tokens, positions, valid, kv, block_start, bs)  # [R, bs, D]
       local = where.start - block_start + jnp.arange(bk)  # [Bk] the view's slots inside the forwarded block
       if cfg.logit_shift:  # slot i reads output i - 1; the block's first slot reads the slot before the block
         hidden = jnp.concatenate([edge[:, None].astype(hidden.dtype), hidden], axis=1)  # [R, 1 + bs, D]
-      return jnp.take(hidden, local, axis=1), kv  # [R, Bk, D]
+      return jnp.take(hidden, local, axis=1)  # [R, Bk, D]
 
-    # The denoising forward's noisy keys are not kept: the store forward writes the clean block's.
     drafts, copies = None, 1
     if self.copies:
       hidden_view, drafts, copies = self._denoise_copies(ctx, s, where, tokens, kv, edge, denoise)
     else:
-      hidden_view, _ = denoise(tokens, calls.positions, calls.valid, kv, edge)
+      hidden_view = denoise(tokens, calls.positions, calls.valid, kv, edge)
     has_prompt_block = ctx.prompt_valid.any(-1)  # [B] the row's prompt has a full block: the reference prefills
     stored = entry & where.active & ((model_block > 0) | has_prompt_block)  # [B]
     width = jnp.where(model_block == 0, p, bs)
@@ -113,12 +114,12 @@ class BlockCausalCache(ForwardProgram):
     repeat = lambda x: jnp.repeat(x, k, axis=0)
 
     def plain(kv):
-      hidden, _ = denoise(tokens, calls.positions, calls.valid, kv, edge)
+      hidden = denoise(tokens, calls.positions, calls.valid, kv, edge)
       return hidden, jnp.repeat(hidden, k - 1, axis=0), jnp.int32(1)
 
     def expanded(kv):
       kv_k = jax.tree.map(lambda x: jnp.repeat(x, k, axis=1), kv)  # [n_layers, B*K, L, ...]
-      hidden, _ = denoise(canvases, repeat(calls.positions), repeat(calls.valid), kv_k, repeat(edge))
+      hidden = denoise(canvases, repeat(calls.positions), repeat(calls.valid), kv_k, repeat(edge))
       return (*split_copies(hidden, k), jnp.int32(k))
 
     hidden, draft_hidden, copies = jax.lax.cond(drafting, expanded, plain, kv)
