@@ -20,6 +20,7 @@ TPF and TPS per sampler.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from pathlib import Path
@@ -56,11 +57,13 @@ def extract_flexible(completion: str) -> str | None:
 
 
 def read_jsonl(path) -> list[dict]:
+  """A .jsonl (or .jsonl.gz) file -> its records; a bad line is named in one line."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"--data {path}: no such file")
   rows = []
-  for k, line in enumerate(path.read_text().splitlines()):
+  text = gzip.decompress(path.read_bytes()).decode() if path.name.endswith(".gz") else path.read_text()
+  for k, line in enumerate(text.splitlines()):
     if line.strip():
       try:
         rows.append(json.loads(line))
@@ -121,11 +124,13 @@ def read_humaneval(path) -> list[dict]:
 
 
 def score_humaneval(problems: list[dict], completions: list[str], *, timeout_s: float, memory_mb: int,
-                    workers: int = 2) -> list[str]:
+                    workers: int = 2, programs: list[str] | None = None) -> list[str]:
+  """Run each problem's program (default: prompt + completion + its tests) -> outcomes ("passed", ...)."""
   from concurrent.futures import ThreadPoolExecutor
+  if programs is None:
+    programs = [humaneval_program(p, c) for p, c in zip(problems, completions)]
   with ThreadPoolExecutor(max(workers, 1)) as pool:
-    return list(pool.map(lambda pc: run_program(humaneval_program(*pc), timeout_s=timeout_s, memory_mb=memory_mb),
-                         zip(problems, completions)))
+    return list(pool.map(lambda code: run_program(code, timeout_s=timeout_s, memory_mb=memory_mb), programs))
 
 
 def evaluate(tm, benchmark: str, data, *, samplers: list, gen_length: int, block_length: int | None = None,

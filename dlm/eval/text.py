@@ -4,6 +4,12 @@ The shared layer under `dlm eval` (benchmark files) and the lm-evaluation-harnes
 character tokenizer of the shipped models or a Hugging Face tokenizer (`dlm.load`).  Prompts are left-padded into
 batches of a fixed size (the last one padded with copies, so every batch runs one compiled program); each
 completion is the answer cut before the first end-of-text token and, when given, before the first stop string.
+
+Two switches follow the reference harnesses a published table came from (dlm.eval.recipes): `special_tokens`
+tokenizes prompts with the tokenizer's own special tokens (LLaDA's and Fast-dLLM's harnesses call
+`tokenizer(text)`, which adds LLaDA's BOS), and `decode="strip"` decodes as those harnesses do: the whole answer
+with its special tokens, cut at the stop strings, then the special tokens dropped (text after an end token stays),
+against the default `decode="cut"` (the answer before the first end token).
 """
 
 from __future__ import annotations
@@ -20,12 +26,25 @@ class TextModel:
   model: object  # dlm Transformer
   tokenizer: object = None  # a Hugging Face tokenizer, or None for the character tokenizer
   name: str = ""
+  special_tokens: bool = False  # prompts tokenized with the tokenizer's special tokens (a BOS where it adds one)
+  decode_rule: str = "cut"  # "cut": before the first end token; "strip": the reference harnesses' rule (above)
+
+  def __post_init__(self):
+    if self.decode_rule not in ("cut", "strip"):
+      raise ValueError(f"decode={self.decode_rule!r}; expected 'cut' or 'strip'")
 
   def encode(self, text: str) -> list[int]:
     if self.tokenizer is None:
       from dlm.tasks import TOKENIZER
       return TOKENIZER.encode(text)
-    return list(self.tokenizer.encode(text, add_special_tokens=False))
+    return list(self.tokenizer.encode(text, add_special_tokens=self.special_tokens))
+
+  def completion(self, ids, stops) -> str:
+    """An answer's ids [G] -> the completion text under `decode_rule`, cut at the stop strings."""
+    if self.decode_rule == "cut" or self.tokenizer is None:
+      return cut_at_stops(self.decode(ids), stops)
+    text = cut_at_stops(self.tokenizer.decode([int(i) for i in np.asarray(ids)], skip_special_tokens=False), stops)
+    return self.tokenizer.decode(self.tokenizer.encode(text, add_special_tokens=False), skip_special_tokens=True)
 
   def decode(self, ids) -> str:
     ids = [int(i) for i in np.asarray(ids)]
@@ -64,9 +83,11 @@ def cut_at_stops(text: str, stops) -> str:
 
 def generate_texts(tm: TextModel, texts: list[str], *, sampler, gen_length: int, block_length: int | None = None,
                    batch: int = 8, stops=None, seed: int = 0, cache: str = "none", sampler_params=None,
-                   progress: bool = False) -> dict:
-  """Completions of `texts` -> {completions [N] str, nfe [N], gen_tokens [N], wall_s}.  Prompts longer than the
-  model's window are refused in one line (`generate` names the lengths)."""
+                   progress: bool = False, warmup: bool = False) -> dict:
+  """Completions of `texts` -> {completions [N] str, nfe [N], gen_tokens [N], wall_s, compile_s}.  Prompts longer
+  than the model's window are refused in one line (`generate` names the lengths).  warmup: the first batch runs
+  once untimed before the timed pass (its time, compile included, is `compile_s`), so `wall_s` times compiled
+  programs only."""
   from dlm.engine.generate import generate
   from dlm.eval.compare import pad_batch
   from tqdm.auto import tqdm
@@ -75,18 +96,26 @@ def generate_texts(tm: TextModel, texts: list[str], *, sampler, gen_length: int,
     raise ValueError(f"the longest prompt has {prompts.shape[1]} tokens; + gen_length={gen_length} exceeds the "
                      f"model's max_len={tm.model.cfg.max_len}: shorten the prompts (fewer shots) or the canvas")
   completions, nfe, gen_tokens = [], [], []
-  wall = 0.0
-  for start in tqdm(range(0, len(texts), batch), disable=not progress, desc="generate"):
-    p, v = prompts[start:start + batch], valid[start:start + batch]
-    rows = len(p)
-    p, v = pad_batch(batch, p, v)
-    t0 = time.perf_counter()
+  wall = compile_s = 0.0
+
+  def run(start):
+    p, v = pad_batch(batch, prompts[start:start + batch], valid[start:start + batch])
     out = generate(tm.model, p, v, sampler=sampler, gen_length=gen_length, block_length=block_length, cache=cache,
                    key=jax.random.key(seed * 1_000_003 + start), sampler_params=sampler_params)
-    out = jax.block_until_ready(out)
+    return jax.block_until_ready(out)
+
+  if warmup and len(texts):
+    t0 = time.perf_counter()
+    run(0)
+    compile_s = time.perf_counter() - t0
+  for start in tqdm(range(0, len(texts), batch), disable=not progress, desc="generate"):
+    rows = len(prompts[start:start + batch])
+    t0 = time.perf_counter()
+    out = run(start)
     wall += time.perf_counter() - t0
     answers = np.asarray(out.answers)[:rows]
-    completions += [cut_at_stops(tm.decode(a), stops) for a in answers]
+    completions += [tm.completion(a, stops) for a in answers]
     nfe += np.asarray(out.nfe)[:rows].tolist()
     gen_tokens += np.asarray(out.gen_tokens)[:rows].tolist()
-  return {"completions": completions, "nfe": np.asarray(nfe), "gen_tokens": np.asarray(gen_tokens), "wall_s": wall}
+  return {"completions": completions, "nfe": np.asarray(nfe), "gen_tokens": np.asarray(gen_tokens), "wall_s": wall,
+          "compile_s": compile_s}

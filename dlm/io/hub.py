@@ -17,6 +17,7 @@ changes `HF_ENDPOINT` or `HF_HUB_OFFLINE` gets what it set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -78,31 +79,47 @@ def hub_snapshot(hub_id: str, *, revision: str | None = None, token: str | bool 
   Raises HubError in one line: unknown repository or revision, a missing weight file, no network, an interrupted
   download (whose partial files stay in the cache's blobs/ to be resumed, never linked as a model)."""
   import huggingface_hub
-  from huggingface_hub import errors
 
   repo, _, at = hub_id.partition("@")
   revision = revision or at or None
   local = local_files_only or offline()
   endpoint = os.environ.get("HF_ENDPOINT") or None
-  where = f" at {endpoint}" if endpoint else ""
-  try:
+  with hub_errors(repo, hub_id, revision, local_files_only):
     folder = Path(huggingface_hub.snapshot_download(
         repo, revision=revision, allow_patterns=list(MODEL_FILES), token=token, local_files_only=local,
         cache_dir=cache_dir or hub_cache_dir(), endpoint=endpoint))
+  missing = missing_weights(folder)
+  if missing:
+    raise HubError(f"{repo!r}: the snapshot at {folder} lacks {', '.join(missing[:3])}"
+                   f"{' ...' if len(missing) > 3 else ''} (not on the hub at that revision, or not downloaded: "
+                   "rerun with network to complete it)")
+  return folder
+
+
+@contextlib.contextmanager
+def hub_errors(repo: str, hub_id: str, revision: str | None, local_files_only: bool, *, kind: str = "model"):
+  """huggingface_hub's exceptions -> HubError in one line that says why and what to do (models and datasets)."""
+  from huggingface_hub import errors
+  endpoint = os.environ.get("HF_ENDPOINT") or None
+  where = f" at {endpoint}" if endpoint else ""
+  try:
+    yield
   except errors.GatedRepoError:  # before its base class, RepositoryNotFoundError
     raise HubError(f"{repo!r} is gated: accept its terms on the hub and set HF_TOKEN") from None
   except errors.RepositoryNotFoundError:
-    raise HubError(f"{repo!r}: no such model on the hub{where} (or it is private or gated: set HF_TOKEN to a token "
+    raise HubError(f"{repo!r}: no such {kind} on the hub{where} (or it is private or gated: set HF_TOKEN to a token "
                    "that can read it)") from None
   except errors.RevisionNotFoundError:
     raise HubError(f"{repo!r} has no revision {revision!r} on the hub{where}") from None
   except errors.LocalEntryNotFoundError:  # before its base class, EntryNotFoundError
     why = "HF_HUB_OFFLINE is set" if offline() else ("local_files_only=True" if local_files_only else
                                                       "the hub could not be reached")
+    how = f"dlm.load({hub_id!r}) or `hf download {repo}`" if kind == "model" else \
+        f"`hf download --repo-type dataset {repo}`"
     raise HubError(f"{repo!r} is not in the Hugging Face cache and {why}; download it once with network "
-                   f"(dlm.load({hub_id!r}) or `hf download {repo}`)") from None
+                   f"({how})") from None
   except errors.EntryNotFoundError as e:
-    raise HubError(f"{repo!r}: a file the model needs is missing on the hub{where}: {_first_line(e)}") from None
+    raise HubError(f"{repo!r}: a file the {kind} needs is missing on the hub{where}: {_first_line(e)}") from None
   except Exception as e:
     # Any other HTTP error, an I/O error, or a dropped connection (httpx's transport errors are not OSErrors).
     transport = type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "h11")
@@ -110,12 +127,21 @@ def hub_snapshot(hub_id: str, *, revision: str | None = None, token: str | bool 
       raise
     raise HubError(f"{repo!r}: the download did not complete ({type(e).__name__}: {_first_line(e)}); nothing "
                    "was loaded, and rerunning resumes it") from None
-  missing = missing_weights(folder)
-  if missing:
-    raise HubError(f"{repo!r}: the snapshot at {folder} lacks {', '.join(missing[:3])}"
-                   f"{' ...' if len(missing) > 3 else ''} (not on the hub at that revision, or not downloaded: "
-                   "rerun with network to complete it)")
-  return folder
+
+
+def hub_dataset_file(spec: str, *, token: str | bool | None = None, local_files_only: bool = False) -> Path:
+  """`org/name[@revision]:path/in/repo` of a hub *dataset* -> the file in the local hub cache, downloaded with
+  huggingface_hub when missing (the same environment, offline switch and one-line errors as models)."""
+  import huggingface_hub
+  hub_id, sep, filename = spec.partition(":")
+  repo, _, revision = hub_id.partition("@")
+  if not sep or not filename or not HUB_ID.match(hub_id):
+    raise ValueError(f"hub dataset file {spec!r}; expected 'org/name[@revision]:path/in/repo'")
+  with hub_errors(repo, hub_id, revision or None, local_files_only, kind="dataset"):
+    return Path(huggingface_hub.hf_hub_download(
+        repo, filename, repo_type="dataset", revision=revision or None, token=token,
+        local_files_only=local_files_only or offline(), cache_dir=hub_cache_dir(),
+        endpoint=os.environ.get("HF_ENDPOINT") or None))
 
 
 def _first_line(e: BaseException) -> str:
