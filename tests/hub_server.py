@@ -4,6 +4,7 @@
   GET  /api/models/{org}/{name}/tree/{rev}            the file listing (recursive)
   HEAD /{org}/{name}/resolve/{rev}/{path}             file metadata (X-Repo-Commit, ETag, Content-Length)
   GET  /{org}/{name}/resolve/{rev}/{path}             file content
+  HEAD/GET /datasets/{org}/{name}/resolve/{rev}/{path} a dataset's file (served from repos["datasets/org/name"])
 
 Errors carry the hub's `X-Error-Code` header (RepoNotFound, RevisionNotFound, EntryNotFound), which is how
 huggingface_hub tells them apart.  A file named in `truncate` is served with its full Content-Length but only
@@ -78,8 +79,11 @@ class HubServer:
         info = [{"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name}
                 for name, data in sorted(repo.files.items())]
       return self._send(h, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
+    prefix = ""
+    if parts[0] == "datasets":
+      prefix, parts = "datasets/", parts[1:]
     if len(parts) >= 5 and parts[2] == "resolve":
-      repo_id, rev, name = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+      repo_id, rev, name = prefix + "/".join(parts[:2]), parts[3], "/".join(parts[4:])
       repo = self._repo(h, repo_id, rev)
       if repo is None:
         return

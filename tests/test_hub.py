@@ -89,3 +89,21 @@ def test_interrupted_download_is_never_loaded_and_resumes(hub, monkeypatch):
   monkeypatch.delenv("HF_HUB_OFFLINE")
   hub.truncate = set()
   assert dlm.load(REPO, dtype="float32")[0].cfg.mask_id == V - 1
+
+
+def test_dataset_files_download_and_fail_in_one_line(hub, tmp_path, monkeypatch):
+  """A recipe's `org/name:path` data source: a hub dataset's file through huggingface_hub's client."""
+  from dlm.eval.recipes import read_records
+  rows = b'{"question": "q", "answer": "a\\n#### 1"}\n'
+  hub.repos["datasets/tiny-org/gsm"] = Repo({"main/test.jsonl": rows})
+  assert read_records("tiny-org/gsm:main/test.jsonl") == [{"question": "q", "answer": "a\n#### 1"}]
+  assert any(r.startswith("GET /datasets/tiny-org/gsm/resolve/main/main/test.jsonl") for r in hub.requests)
+  for source, words in (("tiny-org/absent:x.jsonl", "'tiny-org/absent': no such dataset on the hub"),
+                        ("tiny-org/gsm:main/train.jsonl", "a file the dataset needs is missing")):
+    with pytest.raises(HubError, match=words) as e:
+      read_records(source)
+    assert "\n" not in str(e.value)
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  with pytest.raises(HubError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set"):
+    read_records("tiny-org/gsm:main/test.jsonl")

@@ -52,3 +52,6 @@ def test_dlm_lm_eval_on_local_tasks(tmp_path):
   results = json.loads((tmp_path / "results.json").read_text())["results"]
   assert results["dlm_chain_gen"]["sample_len"] == 3 and 0 <= results["dlm_chain_gen"]["exact_match,strict-match"] <= 1
   assert 0 <= results["dlm_chain_mc"]["acc,none"] <= 1
+  warned = [line for line in done.stderr.splitlines() if line.startswith("dlm: ")]
+  assert len(warned) == 1 and "(dlm_chain_mc) score the Monte-Carlo likelihood bound" in warned[0]
+  assert "the sampler (Threshold) is never called" in warned[0]

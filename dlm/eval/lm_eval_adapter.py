@@ -17,6 +17,8 @@ loglikelihood: the masked-diffusion ELBO estimated as LLaDA does: for the sequen
   k ~ U{1..T} and masks x_i = ((round(k + i T / b) - 1) mod T) + 1 random target slots in row i (a stratified
   sweep of masking ratios); the estimate is -mean over batches of sum_i sum_masked CE / (x_i / T) / b.
 loglikelihood_rolling: the same bound of the whole text with an empty context.
+Tasks scored by log-likelihood (multiple choice, perplexity) never call the sampler: the adapter says so in one
+line on stderr the first time such requests arrive, so a sampler comparison on them is not mistaken for one.
 """
 
 from __future__ import annotations
@@ -70,6 +72,16 @@ class DlmLM(LM):
       return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
     self._log_probs = log_probs
+    self._warned_likelihood = False
+
+  def _warn_likelihood(self, requests, kind: str) -> None:
+    if self._warned_likelihood or not requests:
+      return
+    self._warned_likelihood = True
+    import sys
+    tasks = sorted({str(getattr(r, "task_name", "") or "?") for r in requests})
+    print(f"dlm: {len(requests)} {kind} requests ({', '.join(tasks)}) score the Monte-Carlo likelihood bound; the "
+          f"sampler ({type(self.sampler).__name__}) is never called for them", file=sys.stderr, flush=True)
 
   # -- generation ------------------------------------------------------------------------------------------------
 
@@ -132,6 +144,7 @@ class DlmLM(LM):
 
   def loglikelihood(self, requests, disable_tqdm: bool = False):
     from tqdm.auto import tqdm
+    self._warn_likelihood(requests, "loglikelihood")
     out = []
     for req in tqdm(requests, disable=disable_tqdm, desc="loglikelihood"):
       prefix, target = self._encode_pair(*req.args)
@@ -141,6 +154,7 @@ class DlmLM(LM):
     return out
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+    self._warn_likelihood(requests, "loglikelihood_rolling")
     return [self.monte_carlo_loglikelihood([], self.tm.encode(req.args[0])) for req in requests]
 
 
