@@ -48,6 +48,9 @@ def test_wheel_runs_compare_and_sample(installed):
                 "print(dlm.cli.packaged_config('compare_default.yaml'))"], cwd=tmp, env=env).stdout.split()
   assert all(str(ROOT) not in w for w in where), where  # the installed copy, not the checkout
   assert Path(where[1]).is_file()
+  recipes = _run([str(venv / "bin" / "python"), "-c", "from dlm.eval.recipes import resolve_recipe_path as r; "
+                  "print(r('llada_8b_instruct_gsm8k_cot_d3llm'))"], cwd=tmp, env=env).stdout.strip()
+  assert str(ROOT) not in recipes and Path(recipes).is_file()  # recipes ship inside the package
   out = _run([str(venv / "bin" / "dlm"), "compare", "--n", "4", "--tasks", "add"], cwd=tmp, env=env).stdout
   assert "threshold" in out and "low_confidence" in out  # the packaged default grid ran
   out = _run([str(venv / "bin" / "dlm"), "sample", "--task", "add", "--n", "2"], cwd=tmp, env=env).stdout
