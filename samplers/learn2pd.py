@@ -7,15 +7,25 @@ reference's `LogisticRegression(32)`: 2,112 parameters at Bk = 32; its activatio
 ReLU is our choice).  Its parameters are a pytree passed as `generate(sampler_params=...)` (`View.params`), so a
 new filter never recompiles; `dlm.heads.filter` trains and loads it.
 
-Step (per block, the reference at steps = gen_length, greedy):
+Step (per block, the reference at steps = gen_length, greedy; `llada/generate.py::generate_l2p_eot`):
   x0 = argmax, c = p(x0) at every slot of the block (committed ones included, as the filter was trained);
   commit the masked slots with sigmoid(f(c)) > tau, and always the most confident masked slot (LLaDA's
   one-token schedule at steps = gen_length: the guaranteed progress).
-EoTP (`eotp=True`), after the commits: if a committed slot's token is EOS, the answer ends right after the first
-  such slot; otherwise, if a masked slot of the view predicts EOS, it ends after the masked slot with the highest
-  EOS probability, which itself stays masked (the reference's rule).  Later slots become EOS at no cost
-  (`Decision.truncate`) and later blocks are skipped.  The reference looks for predicted EOS over the whole
-  canvas (it runs full forwards); dlm looks in the view, the active block, which is what the cached policies see.
+EoTP (`eotp=True`), after the commits, as the reference code runs it:
+  1. if the filter accepted a masked slot whose token is EOS, the answer ends right after the first such slot
+     (an EOS committed only as the forced top-1 does not count here);
+  2. otherwise, if a slot that was masked before this step's commits predicts EOS (this step's commits included),
+     anywhere in the answer, the answer ends after the one with the highest EOS probability, which stays masked
+     unless it was just committed.
+  The reference cuts the canvas (`x = x[:, :pos + 1]`), so later forwards see a shorter sequence; here the slots
+  after the cut become EOS in the output at no cost (`Decision.truncate`, later blocks skipped) and are hidden
+  from every query of later forwards (`input_horizon`, as APD's masked-input limit), the same computation.  When
+  the cut falls inside the active block, the reference's filter would next read a vector shorter than Bk (its
+  Linear layer refuses it); dlm feeds 0 for the cut slots.
+`span="answer"` (the default, the reference's) shows the sampler the whole answer, so rule 2 searches every
+masked answer slot; it needs cache 'none' (the reference runs full forwards).  `span="block"` searches the active
+block only and runs under every cache policy; there the cut slots stay visible to later forwards as EOS inputs
+(a cache keeps their keys), a documented difference from the reference.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ class Learn2PD(Sampler):
   tau: float = 0.96
   eotp: bool = True
   head: str = "testbed"
+  span: str = "answer"
 
   def __post_init__(self):
     check_number("tau", self.tau, 0, 1)
@@ -62,6 +73,20 @@ class Learn2PD(Sampler):
       raise ValueError(f"eotp={self.eotp!r} must be True or False")
     if not isinstance(self.head, str):
       raise ValueError(f"head={self.head!r} must be 'testbed' or a filter folder path")
+    if self.span not in ("answer", "block"):
+      raise ValueError(f"span={self.span!r}; expected 'answer' (the reference: whole-answer EOS search, cache "
+                       "'none') or 'block' (the active block, every cache policy)")
+
+  @property
+  def view_span(self):
+    return self.span
+
+  @property
+  def input_horizon(self):
+    return self.span == "answer" and self.eotp  # the cut hides later slots from later forwards
+
+  def horizon(self, carry):
+    return carry["horizon"]
 
   @property
   def family(self):
@@ -83,33 +108,46 @@ class Learn2PD(Sampler):
     return load_filter(self.head, block_length=block_length)[0]
 
   def init(self, batch, block_length, vocab_size=0):
-    return dict(aux_flops=jnp.zeros((batch,), jnp.float32))
+    # No cut yet: every answer slot visible (2**30, not int32's max: the engine adds the prompt length to it).
+    return dict(aux_flops=jnp.zeros((batch,), jnp.float32), horizon=jnp.full((batch,), 2 ** 30, jnp.int32))
 
   def report(self, carry):
-    return dict(carry)  # the filter's FLOPs (2 * its parameters per step), for dlm bench / compare
+    return dict(aux_flops=carry["aux_flops"])  # the filter's FLOPs (2 * its parameters per step)
 
   def step(self, view: View, block: BlockState, carry, key):
     del key
-    x0, conf = view.top1, view.top1_prob  # [B, Bk]
-    masked = block.masked
+    x0, conf = view.top1, view.top1_prob  # [B, Bv]: the block (span 'block') or the whole answer (span 'answer')
+    bk = block.block_length
+    # Answer index of the view's first slot, and the block's offset inside the view.
+    v_offset = 0 if self.span == "answer" else block.block * bk
+    b_offset = block.block * bk - v_offset
+    masked, block_masked = block.masked, block.block_masked  # [B, Bv]
     n_params = sum(x.size for x in jax.tree.leaves(view.params))
-    carry = dict(aux_flops=carry["aux_flops"] + block.active * (2.0 * n_params))
-    if view.params["w1"].shape[0] != conf.shape[-1]:
+    if view.params["w1"].shape[0] != bk:
       raise ValueError(f"the Learn2PD filter reads blocks of {view.params['w1'].shape[0]} slots, the engine runs "
-                       f"blocks of {conf.shape[-1]}")
-    accept = (jax.nn.sigmoid(filter_logits(view.params, conf)) > self.tau) & masked
-    commit = accept | top1_per_row(conf, masked)
+                       f"blocks of {bk}")
+    block_conf = jax.lax.dynamic_slice_in_dim(conf, b_offset, bk, axis=1)  # [B, Bk]
+    # Slots past an earlier cut are not in the reference's (shorter) canvas; its filter cannot read a block cut
+    # short (a Linear of Bk inputs), so dlm feeds 0 there: the cut slots are absent.
+    in_canvas = block.block * bk + jnp.arange(bk)[None] < carry["horizon"][:, None]
+    block_conf = jnp.where(in_canvas, block_conf, 0.0)
+    block_accept = jax.nn.sigmoid(filter_logits(view.params, block_conf)) > self.tau
+    accept = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(masked), block_accept, b_offset, axis=1)
+    accept = accept & block_masked  # [B, Bv]
+    commit = accept | top1_per_row(conf, block_masked)
+    carry = dict(aux_flops=carry["aux_flops"] + block.active * (2.0 * n_params), horizon=carry["horizon"])
     truncate = None
     if self.eotp:
-      g_offset = block.block * block.block_length  # answer index of the view's first slot
       eos = block.end_ids[0]
-      ended = commit & (x0 == eos)
-      first_end = jnp.argmax(ended, axis=-1)  # [B]
-      predicted = masked & ~commit & (x0 == eos)
+      accepted_end = accept & (x0 == eos)  # rule 1: the filter's own EOS
+      predicted = masked & (x0 == eos)  # rule 2: masked before this step's commits
       likeliest = jnp.argmax(jnp.where(predicted, conf, -1.0), axis=-1)
       big = jnp.iinfo(jnp.int32).max
-      truncate = jnp.where(ended.any(-1), g_offset + first_end,
-                           jnp.where(predicted.any(-1), g_offset + likeliest, big)).astype(jnp.int32)
+      truncate = jnp.where(accepted_end.any(-1), v_offset + jnp.argmax(accepted_end, axis=-1),
+                           jnp.where(predicted.any(-1), v_offset + likeliest, big)).astype(jnp.int32)
+      horizon = jnp.where(block.active & (truncate < big), jnp.minimum(carry["horizon"], truncate + 1),
+                          carry["horizon"])
+      carry = dict(carry, horizon=horizon)
     return Decision(tokens=x0, commit=commit, truncate=truncate), carry
 
 

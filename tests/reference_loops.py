@@ -389,3 +389,52 @@ def assert_rows_match(out, reference, model, prompts, valid, **settings):
     tokens, forwards = reference(model, prompts[row], valid[row], **settings)
     np.testing.assert_array_equal(np.asarray(out.tokens)[row], tokens, err_msg=f"row {row}")
     assert int(out.nfe[row]) == forwards, (row, int(out.nfe[row]), forwards)
+
+
+def learn2pd_reference(model, prompts, valid, *, gen_length, block_length, params, tau):
+  """Learn2PD with EoTP written from ims-kdks/Learning-to-Parallel-Decoding `llada/generate.py::generate_l2p_eot`
+  (steps = gen_length, greedy), one row at a time: the canvas really is cut (`x = x[:, :pos + 1]`) and later
+  forwards run on the shorter sequence (padded on the right with invalid keys, the network's own padding, so one
+  program serves every length).  -> (tokens [B, P + G] with the cut slots filled with EOS, forwards [B])."""
+  m_id, eos = model.cfg.mask_id, model.cfg.end_ids[0]
+  b, p = prompts.shape
+  full = make_forward(model)
+  w1, b1, w2, b2 = (np.asarray(params[k], np.float32) for k in ("w1", "b1", "w2", "b2"))
+  out, nfes = [], []
+  for row in range(b):
+    x = np.concatenate([np.asarray(prompts[row]), np.full(gen_length, m_id)]).astype(np.int32)
+    v = np.concatenate([np.asarray(valid[row]), np.ones(gen_length, bool)])
+    forwards = 0
+    for blk in range(gen_length // block_length):
+      s, e = p + blk * block_length, p + (blk + 1) * block_length
+      while (x[s:e] == m_id).any():
+        wide, wide_valid = np.full(p + gen_length, m_id, np.int32), np.zeros(p + gen_length, bool)
+        wide[:len(x)], wide_valid[:len(x)] = x, v[:len(x)]
+        logits = full(wide[None], wide_valid[None])[0, :len(x)]
+        logits[:, m_id] = -np.inf
+        forwards += 1
+        x0 = logits.argmax(-1)
+        # float32, as the reference's torch softmax: EOS padding saturates to 1.0, and ties go to the first slot
+        x0_p = np.take_along_axis(softmax(logits.astype(np.float32)), x0[:, None], -1)[:, 0]
+        mask_index = x == m_id
+        conf = x0_p[s:e]
+        block = np.zeros(block_length, np.float32)
+        block[:len(conf)] = conf  # a block cut short by an earlier truncation: the filter still reads Bk inputs
+        accept = np.zeros(len(x), bool)
+        logits_f = np.maximum(block @ w1 + b1, 0) @ w2 + b2
+        accept[s:e] = (1 / (1 + np.exp(-logits_f)) > tau)[:len(conf)]
+        accept &= mask_index
+        filter_eot = (x0 == eos) & accept
+        end_conf = np.where((x0 == eos) & mask_index, x0_p, -np.inf)
+        confidence = np.where(mask_index, x0_p, -np.inf)
+        confidence[e:] = -np.inf
+        transfer = accept.copy()
+        transfer[int(np.argmax(confidence))] = True
+        x = np.where(transfer, np.where(mask_index, x0, x), x)
+        if filter_eot.any():
+          x = x[:int(np.argmax(filter_eot)) + 1]
+        elif (end_conf > -np.inf).any():
+          x = x[:int(np.argmax(end_conf)) + 1]
+    out.append(np.concatenate([x, np.full(p + gen_length - len(x), eos)]))
+    nfes.append(forwards)
+  return np.stack(out).astype(np.int32), np.asarray(nfes)

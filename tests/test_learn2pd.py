@@ -117,20 +117,43 @@ def test_eotp_truncation_by_hand_batched(tmp_path):
                      entry_masked=jnp.full(3, 4, jnp.int32), step=jnp.int32(0), block=jnp.int32(1), num_blocks=3,
                      block_length=4, mask_id=mask, end_ids=(eos,))
 
-  def run(head):
-    sampler = Learn2PD(head=head)
-    view = View(logits=jnp.asarray(logits), hidden=jnp.zeros((3, 4, 1)), params=load_filter(head)[0])
-    decision, _ = as_decision(drive_step(sampler, view, state, sampler.init(3, 4), jax.random.key(0)))
-    return np.asarray(decision.truncate), np.asarray(decision.commit)
+  def run(head, lg=logits, st=state, span="block"):
+    sampler = Learn2PD(head=head, span=span)
+    view = View(logits=jnp.asarray(lg), hidden=jnp.zeros((3, lg.shape[1], 1)), params=load_filter(head)[0])
+    decision, carry = as_decision(drive_step(sampler, view, st, sampler.init(3, 4), jax.random.key(0)))
+    return np.asarray(decision.truncate), np.asarray(decision.commit), np.asarray(carry["horizon"])
 
-  # Filter says yes: row 0 commits EOS at slot 2 -> the answer ends after 4 + 2; row 1's first committed EOS is
-  # slot 1; row 2 has none.
-  cut, commit = run(yes)
+  # Filter says yes: row 0 commits EOS at slot 2 -> the answer ends after 4 + 2; row 1's first accepted EOS is
+  # slot 1; row 2 has none.  Later forwards see answer slots up to the cut only.
+  cut, commit, horizon = run(yes)
   assert cut[:2].tolist() == [6, 5] and cut[2] > 1000 and commit.all()
+  assert horizon[:2].tolist() == [7, 6] and horizon[2] == 2 ** 30
   # Filter says no (only the top-1 commits, never EOS here): rows 0 and 1 predict EOS at masked slots; the answer
   # ends after the one with the highest EOS probability (row 1: slot 3, 0.7 > 0.5).
-  cut, commit = run(no)
+  cut, commit, _ = run(no)
   assert cut[:2].tolist() == [6, 7] and cut[2] > 1000 and commit.sum(-1).tolist() == [1, 1, 1]
+  # An EOS committed only as the forced top-1 is not the filter's (rule 1); it is still a slot that was masked
+  # before the step, so rule 2 finds it with the other predicted EOS (row 2: slot 0 at 0.9 against slot 3 at 0.8).
+  forced = logits.copy()
+  forced[2] = np.log(np.full((4, 6), 0.02))
+  for slot, (t, c) in enumerate([(eos, 0.9), (4, 0.5), (5, 0.6), (eos, 0.8)]):
+    forced[2, slot, t] = np.log(c)
+  forced[2, :, mask] = -np.inf
+  cut, commit, _ = run(no, forced)
+  assert cut[2] == 4 and commit[2].tolist() == [True, False, False, False]
+  # The whole answer in view (span 'answer', the reference): an EOS predicted in a later block ends the answer
+  # there; the block span does not see it.  Answer of 3 blocks, block 1 active, EOS predicted at slot 10.
+  wide = np.log(np.full((3, 12, 6), 0.02, np.float32))
+  wide[:, :, 3] = np.log(0.6)
+  wide[:, 10, 3], wide[:, 10, eos] = np.log(0.02), np.log(0.97)
+  wide[..., mask] = -np.inf
+  tokens = np.full((3, 12), mask, np.int32)
+  tokens[:, :4] = 3
+  in_block = jnp.asarray((np.arange(12) >= 4) & (np.arange(12) < 8))
+  answer_state = state.replace(tokens=jnp.asarray(tokens), masked=jnp.asarray(tokens == mask), in_block=in_block)
+  cut, commit, horizon = run(no, wide, answer_state, span="answer")
+  assert cut.tolist() == [10, 10, 10] and horizon.tolist() == [11, 11, 11]
+  assert commit.sum(-1).tolist() == [1, 1, 1] and commit[:, 4:8].sum(-1).tolist() == [1, 1, 1]
 
 
 def test_eotp_in_the_engine_ends_rows_early_on_the_bundled_model(tmp_path):
@@ -147,6 +170,31 @@ def test_eotp_in_the_engine_ends_rows_early_on_the_bundled_model(tmp_path):
     first = np.flatnonzero(row == eos)
     if len(first):
       assert (row[first[0]:] == eos).all()
+
+
+def test_eotp_equals_the_reference_loop_that_really_cuts_the_canvas(tmp_path):
+  """Issue 28, item 13: Learn2PD with EoTP against a plain loop of the reference code (`generate_l2p_eot`), whose
+  canvas is cut and whose later forwards run on the shorter sequence: tokens and forwards per row.  A random
+  filter at tau 0.5 accepts some slots; the bundled model ends its `add` answers early, inside blocks too."""
+  from tests.reference_loops import learn2pd_reference
+  model = load_model(BUNDLED)
+  task = get_task("add")
+  p, v, _ = task.encode(task.examples(8, seed=3))
+  params = {k: np.asarray(x) * 3 for k, x in init_filter(jax.random.key(5), 4).items()}
+  folder = tmp_path / "random"
+  folder.mkdir()
+  np.savez(folder / "params.npz", **params)
+  (folder / "head.json").write_text(json.dumps({"kind": "learn2pd_filter", "block_length": 4, "step": 0}))
+  out = generate(model, p, v, sampler=Learn2PD(head=str(folder), tau=0.5), gen_length=16, block_length=4)
+  tokens, forwards = learn2pd_reference(model, p, v, gen_length=16, block_length=4, params=params, tau=0.5)
+  np.testing.assert_array_equal(np.asarray(out.tokens), tokens)
+  np.testing.assert_array_equal(np.asarray(out.nfe), forwards)
+  assert (forwards < 16).sum() >= 2  # EoTP saved forwards on several rows
+  with pytest.raises(ValueError, match="view_span='answer'"):
+    generate(model, p, v, sampler=Learn2PD(head=str(folder)), gen_length=16, block_length=4, cache="dual")
+  blockwise = generate(model, p, v, sampler=Learn2PD(head=str(folder), tau=0.5, span="block"), gen_length=16,
+                       block_length=4, cache="dual")
+  assert np.asarray(blockwise.nfe).max() <= 16
 
 
 def test_collect_killed_mid_run_resumes_without_duplicates_and_trains(tmp_path):
