@@ -18,10 +18,14 @@ The view is the whole answer (`view_span="answer"`, cache 'none': d3LLM's no-cac
 itself open with `Decision.hold` until its answer has no masks, so the engine's own block index plays no part: a
 row's schedule is its own, as in the reference's batch-1 loop.
 
+`early_stop=True` (the reference's `handle_early_stop`, off by default as in the function; d3LLM's chat demos turn
+it on): once a committed EOS is on the canvas and masks remain, every slot after the first committed EOS becomes
+EOS at once (even with masks before it; `Decision.truncate`), so the blocks after it count as done, and no block
+is added any more.  The reference applies it at the top of the next iteration, after counting that iteration's
+forward: when it leaves no mask the loop ends with one forward counted that never ran; dlm counts forwards run.
+
 Where dlm differs from the reference code: its entropy is -sum p log(p + 1e-12) in float64 with the mask column
-included (here: exact, float32, mask id banned, as `entropy_threshold`); ties go to the lower slot; its
-`early_stop` (after the first committed EOS every later slot becomes EOS at once, even with masks before it) is
-not built (the engine's `stop_at_eos` ends a row only when everything before its EOS is resolved); its KV-cache
+included (here: exact, float32, mask id banned, as `entropy_threshold`); ties go to the lower slot; its KV-cache
 variant (`generate_multi_block_kv_cache`: a block's keys enter the cache `cache_delay_iter` steps after it
 completes, with periodic refreshes) is not built; rows are batched (the reference: batch 1).  The defaults are
 the settings of d3LLM's evaluation scripts (`block_add_threshold=0.1`, `decoded_token_threshold=0.95`,
@@ -49,6 +53,7 @@ class MultiBlock(AdaptiveSampler):
   block_add_threshold: float = 0.1
   decoded_token_threshold: float = 0.95
   temperature: float = 0.0
+  early_stop: bool = False
 
   view_span = "answer"
 
@@ -57,6 +62,8 @@ class MultiBlock(AdaptiveSampler):
     check_number("block_add_threshold", self.block_add_threshold, 0, 1)
     check_number("decoded_token_threshold", self.decoded_token_threshold, 0, 1)
     check_number("temperature", self.temperature, 0)
+    if not isinstance(self.early_stop, bool):
+      raise ValueError(f"early_stop={self.early_stop!r} must be True or False")
 
   @property
   def head_request(self):
@@ -86,6 +93,9 @@ class MultiBlock(AdaptiveSampler):
     newest = jnp.take_along_axis(progress, (added - 1)[:, None], 1)[:, 0]  # 2
     newest_left = jnp.take_along_axis(counts, (added - 1)[:, None], 1)[:, 0]
     grow = (added < nb) & ((newest >= self.block_add_threshold) | (newest_left == 0))
+    eos = block.end_ids[0]
+    if self.early_stop:  # no block is added once an EOS is committed
+      grow = grow & ~jnp.any((block.tokens == eos) & ~masked, axis=-1)
     added = added + grow
     prev_progress = jnp.concatenate([jnp.ones((b, 1)), progress[:, :-1]], axis=1)  # [B, nb]; the prompt: 1
     # 1 and the new block's start: activated once the block before it passed the threshold (init's comment)
@@ -101,5 +111,13 @@ class MultiBlock(AdaptiveSampler):
     commit = commit | forced
     active = block.active
     carry = dict(added=jnp.where(active, added, carry["added"]))
-    hold = jnp.any(masked & ~commit, axis=-1)  # the row decodes on until its whole answer is resolved
-    return Decision(tokens=tokens, commit=commit, hold=hold), carry
+    left = masked & ~commit
+    truncate = None
+    if self.early_stop:  # after this step's commits: the first committed EOS ends the answer while masks remain
+      ended = jnp.where(commit, tokens, block.tokens) == eos
+      ended = ended & ~left
+      cut = ended.any(-1) & left.any(-1)
+      truncate = jnp.where(cut, jnp.argmax(ended, axis=-1), jnp.iinfo(jnp.int32).max).astype(jnp.int32)
+      left = left & (jnp.arange(g)[None] <= jnp.where(cut, truncate, g)[:, None])
+    hold = jnp.any(left, axis=-1)  # the row decodes on until its whole answer is resolved
+    return Decision(tokens=tokens, commit=commit, hold=hold, truncate=truncate), carry

@@ -17,23 +17,41 @@ from tests.reference_loops import OneRow, assert_rows_match, softmax
 GEN, BLOCK = 24, 8
 
 
-def d3llm_reference(model, prompt, valid, *, gen_length, block_length, threshold, add, activate):
-  """generate_multi_block (no cache, early_stop off), one row: block states in a dict as the reference keeps
-  them.  -> (tokens, forwards)."""
+def d3llm_reference(model, prompt, valid, *, gen_length, block_length, threshold, add, activate,
+                    early_stop=False):
+  """generate_multi_block (no cache), one row: block states in a dict as the reference keeps them, and its
+  `handle_early_stop` at the top of each iteration.  -> (tokens, forwards run; the reference's own counter adds
+  one when early stop leaves no mask, a forward that never runs)."""
   row = OneRow(model, prompt, valid, gen_length)
   x, m_id, p = row.x, row.mask_id, row.prompt_length
+  eos = model.cfg.end_ids[0]
   nb = gen_length // block_length
   states = {0: dict(start=0, end=p, left=0, total=p, on=True)}
   states[1] = dict(start=p, end=p + block_length, left=block_length, total=block_length, on=1.0 >= activate)
   nxt, forwards = 2, 0
   progress = lambda s: 1 - s["left"] / s["total"]
   while not ((x[0, p:] != m_id).all() and nxt > nb):
+    has_eos = False
+    if early_stop and (x[0, p:] == eos).any():
+      has_eos, first = True, p + int(np.argmax(x[0, p:] == eos))
+      x[0, first + 1:] = eos
+      for bid, st in states.items():
+        if bid > 0 and st["start"] > first:
+          st.update(left=0, on=True)
+        elif bid > 0 and st["start"] <= first < st["end"]:
+          st["left"] = int((x[0, st["start"]:first + 1] == m_id).sum())
+      while nxt <= nb and p + (nxt - 1) * block_length > first:
+        start = p + (nxt - 1) * block_length
+        states[nxt] = dict(start=start, end=start + block_length, left=0, total=block_length, on=True)
+        nxt += 1
+      if not (x[0, p:] == m_id).any():
+        break
     forwards += 1
     for bid in sorted(states):
       if bid > 0 and not states[bid]["on"] and progress(states[bid - 1]) >= activate:
         states[bid]["on"] = True
     last = states[max(states)]
-    if nxt <= nb and (progress(last) >= add or last["left"] == 0):
+    if nxt <= nb and not has_eos and (progress(last) >= add or last["left"] == 0):
       start = p + (nxt - 1) * block_length
       left = int((x[0, start:start + block_length] == m_id).sum())
       states[nxt] = dict(start=start, end=start + block_length, left=left, total=block_length,
@@ -72,6 +90,24 @@ def test_matches_the_reference_loop(sharp_model, threshold, add, activate):
   # some slot of a later block was committed while an earlier block still had masks
   commit = np.asarray(out.commit_step).reshape(len(PROMPTS), GEN // BLOCK, BLOCK)
   assert (commit[:, 1].min(-1) < commit[:, 0].max(-1)).any()
+
+
+def test_early_stop_matches_the_reference_loop():
+  """early_stop: after the first committed EOS every later slot is EOS, no block is added; on the bundled model,
+  whose `add` answers end early, so the cut falls inside blocks and before masks."""
+  from pathlib import Path
+  from dlm.io.params import load_model
+  from dlm.tasks import get_task
+  model = load_model(Path(__file__).resolve().parent.parent / "dlm" / "assets" / "bundled")
+  task = get_task("add")
+  p, v, _ = task.encode(task.examples(6, seed=1))
+  kw = dict(gen_length=16, block_length=4)
+  settings = dict(threshold=0.3, block_add_threshold=0.25, decoded_token_threshold=0.5)
+  out = generate(model, p, v, sampler=make_sampler("multi_block", early_stop=True, **settings), **kw)
+  assert_rows_match(out, d3llm_reference, model, np.asarray(p), np.asarray(v), threshold=0.3, add=0.25,
+                    activate=0.5, early_stop=True, **kw)
+  plain = generate(model, p, v, sampler=make_sampler("multi_block", **settings), **kw)
+  assert (np.asarray(out.nfe) <= np.asarray(plain.nfe)).all() and np.asarray(out.nfe).sum() < np.asarray(plain.nfe).sum()
 
 
 def test_sequential_thresholds_equal_blockwise_entropy_threshold(sharp_model):
