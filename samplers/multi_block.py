@@ -114,8 +114,7 @@ class MultiBlock(AdaptiveSampler):
     left = masked & ~commit
     truncate = None
     if self.early_stop:  # after this step's commits: the first committed EOS ends the answer while masks remain
-      ended = jnp.where(commit, tokens, block.tokens) == eos
-      ended = ended & ~left
+      ended = jnp.where(commit, tokens, block.tokens) == eos  # committed slots only: a mask is never EOS
       cut = ended.any(-1) & left.any(-1)
       truncate = jnp.where(cut, jnp.argmax(ended, axis=-1), jnp.iinfo(jnp.int32).max).astype(jnp.int32)
       left = left & (jnp.arange(g)[None] <= jnp.where(cut, truncate, g)[:, None])

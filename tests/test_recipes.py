@@ -185,3 +185,8 @@ def test_recipe_errors_are_one_line(tmp_path):
     load_recipe("no_such_recipe")
   with pytest.raises(FileNotFoundError, match="'org/name:path/in/repo' of a hub dataset"):
     read_records("missing.jsonl")
+
+  def never(*args):
+    raise AssertionError("the model loaded before the data was read")
+  with pytest.raises(FileNotFoundError, match="missing.jsonl"):  # the data fails first, not after a model load
+    recipes.run_recipe(load_recipe("llada_8b_instruct_gsm8k_cot_d3llm", data_test="missing.jsonl"), load=never)

@@ -11,8 +11,7 @@ RECIPE_FLAGS = ("model", "data_test", "data_train", "limit")
 def cmd_run(args):
   import yaml
   from pathlib import Path
-  from dlm.eval.recipes import is_recipe
-  from dlm.eval.recipes import resolve_recipe_path
+  from dlm.eval.recipes import is_recipe, resolve_recipe_path
   args.experiment = str(resolve_recipe_path(args.experiment))
   spec = yaml.safe_load(Path(args.experiment).read_text())
   if is_recipe(spec):

@@ -321,8 +321,9 @@ def load_recipe(path, *, model: str | None = None, data_test: str | None = None,
 
 # -- running ----------------------------------------------------------------------------------------------------
 
-def prompts_for(recipe: dict, tokenizer) -> tuple[list[str], list[dict]]:
-  """-> (prompts, evaluated documents) of a resolved recipe."""
+def read_data(recipe: dict) -> tuple[list[dict], list[list[dict]]]:
+  """-> (evaluated documents, their few-shot examples) of a resolved recipe; read before the model loads, so a
+  missing or malformed data source fails first."""
   bench = BENCHMARKS[recipe["benchmark"]]
   docs = read_records(recipe["data"]["test"])
   if recipe["limit"] is not None:
@@ -335,9 +336,7 @@ def prompts_for(recipe: dict, tokenizer) -> tuple[list[str], list[dict]]:
     if missing:
       raise ValueError(f"data {recipe['data']['test']!r}: record {k} lacks {missing} ({bench.name} needs {fields})")
   train = read_records(recipe["data"]["train"]) if recipe["n_shot"] else []
-  shots = fewshot_shots(train, len(docs), recipe["n_shot"])
-  chat = recipe["prompt"]["chat_template"]
-  return [build_prompt(bench, d, s, tokenizer=tokenizer, chat_template=chat) for d, s in zip(docs, shots)], docs
+  return docs, fewshot_shots(train, len(docs), recipe["n_shot"])
 
 
 def run_recipe(recipe: dict, out=None, *, load=None, progress: bool = True) -> list[dict]:
@@ -351,10 +350,12 @@ def run_recipe(recipe: dict, out=None, *, load=None, progress: bool = True) -> l
     from dlm.io.shipped import load_named
     load = lambda name, dtype: load_named(name, dtype, with_tokenizer=True)  # noqa: E731
   bench = BENCHMARKS[recipe["benchmark"]]
+  docs, shots = read_data(recipe)
   net, name, tokenizer = load(recipe["model"], recipe["dtype"])
   tm = TextModel(net, tokenizer, str(name), special_tokens=recipe["prompt"]["special_tokens"],
                  decode_rule=recipe["prompt"]["decode"])
-  prompts, docs = prompts_for(recipe, tokenizer)
+  chat = recipe["prompt"]["chat_template"]
+  prompts = [build_prompt(bench, d, s, tokenizer=tokenizer, chat_template=chat) for d, s in zip(docs, shots)]
   summaries, records = [], []
   for run in recipe["runs"]:
     sampler = make_sampler(run["sampler"], **run["settings"])
