@@ -181,6 +181,9 @@ def test_recipe_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match=None) as e:
       load_recipe(path)
     assert words in str(e.value) and "\n" not in str(e.value), (change, str(e.value))
+  (tmp_path / "broken.yaml").write_text("benchmark: [")
+  with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+    load_recipe(tmp_path / "broken.yaml")
   with pytest.raises(FileNotFoundError, match="no shipped recipe of that name"):
     load_recipe("no_such_recipe")
   with pytest.raises(FileNotFoundError, match="'org/name:path/in/repo' of a hub dataset"):

@@ -9,11 +9,10 @@ RECIPE_FLAGS = ("model", "data_test", "data_train", "limit")
 
 
 def cmd_run(args):
-  import yaml
-  from pathlib import Path
+  from dlm.eval.compare import read_yaml
   from dlm.eval.recipes import is_recipe, resolve_recipe_path
   args.experiment = str(resolve_recipe_path(args.experiment))
-  spec = yaml.safe_load(Path(args.experiment).read_text())
+  spec = read_yaml(args.experiment, "experiment or recipe")
   if is_recipe(spec):
     return run_recipe_file(args)
   given = [f"--{f.replace('_', '-')}" for f in RECIPE_FLAGS if getattr(args, f) is not None]

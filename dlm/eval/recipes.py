@@ -238,8 +238,9 @@ def load_recipe(path, *, model: str | None = None, data_test: str | None = None,
   """Read and check a recipe file (every error one line naming the key) -> the resolved recipe."""
   from dlm.engine.cache import CACHE_POLICIES
   from dlm.samplers import SAMPLERS, make_sampler
+  from dlm.eval.compare import read_yaml
   path = resolve_recipe_path(str(path))
-  spec = yaml.safe_load(path.read_text())
+  spec = read_yaml(path, "recipe")
   where = f"recipe {path}"
   if not is_recipe(spec):
     raise ValueError(f"{where}: expected a mapping with 'benchmark' and 'runs'")
