@@ -24,6 +24,7 @@ from dlm.engine.block_layout import caller_canvas
 from dlm.engine.generate import _prepare, _result
 from dlm.engine.state import Generation, LoopState
 from dlm.engine.step import StepContext, finish, initial_state, running, step
+from dlm.parallel.mesh import use_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +65,10 @@ _STATICS = ("graphdef", "sampler", "spec")
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
 def _init_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params, answer, *, sampler, spec):
-  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
-                    answer=answer)
-  return initial_state(ctx, key)
+  with use_mesh(spec.mesh):
+    ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
+                      answer=answer)
+    return initial_state(ctx, key)
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
@@ -74,9 +76,11 @@ def _advance_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params,
                  *, sampler, spec):
   """The loop of `generate`, stopped after iteration `until` (one more than the state's)."""
   del key
-  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
-                    answer=answer)
-  return jax.lax.while_loop(lambda s: running(ctx, s) & (s.iteration < until), functools.partial(step, ctx), loop)
+  with use_mesh(spec.mesh):
+    ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
+                      answer=answer)
+    return jax.lax.while_loop(lambda s: running(ctx, s) & (s.iteration < until), functools.partial(step, ctx),
+                              loop)
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)

@@ -33,7 +33,7 @@ from dlm.engine.step import StepContext, finish, initial_state, running, step
 from dlm.kernels.attention import ATTENTION_IMPLS
 from dlm.kernels.head import IMPLEMENTATIONS, HeadBlocks, HeadRequest
 from dlm.model.transformer import Transformer
-from dlm.parallel.mesh import current_mesh
+from dlm.parallel.mesh import current_mesh, use_mesh
 from dlm.parallel.rules import place_params, replicate, shard_batch, to_host, unpad_rows
 from dlm.samplers.base import Sampler
 
@@ -189,7 +189,7 @@ def generate(model: Transformer, prompts, prompt_valid=None, *, sampler: Sampler
   sampler_params: a pytree the sampler reads as `View.params` (learned heads' weights, APD's AR model), passed
     as a traced argument: new weights reuse the compiled program.  None: `sampler.default_params()`.
   mesh: a device mesh (dlm.parallel.MeshSpec(...).make()) to run over; default the current one
-    (`dlm.parallel.use_mesh`), else one device.  The batch is split over its data x fsdp devices (padded to a
+    (`dlm.parallel.use_mesh`), else one device.  The batch is split over its data x fsdp x expert devices (padded to a
     multiple with copies of row 0, dropped from the result), parameters placed by dlm/parallel/rules.py;
     results are the single-device ones (docs/parallel.md).  Under several processes, host `prompts` are the
     global batch (every process passes the same) and the result is all-gathered to host arrays on every
@@ -300,7 +300,9 @@ def _generate_jit(graphdef, state, prompts, prompt_valid, key, max_steps, params
   """The whole generation as one program: `step` (dlm/engine/step.py) in a `lax.while_loop`.
   answer: None, or a block-causal placement's (answer_init [B, G], answer_start [B]).
   -> (Generation, aux): aux holds the loop's iteration counts (and the divergence probe) for bench/reports."""
-  ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
-                    answer=answer)
-  final = jax.lax.while_loop(functools.partial(running, ctx), functools.partial(step, ctx), initial_state(ctx, key))
-  return finish(ctx, final)
+  with use_mesh(spec.mesh):  # the network reads it while tracing (an MoE layer splits its experts over it)
+    ctx = StepContext(graphdef, state, prompts, prompt_valid, params, max_steps, sampler=sampler, spec=spec,
+                      answer=answer)
+    final = jax.lax.while_loop(functools.partial(running, ctx), functools.partial(step, ctx),
+                               initial_state(ctx, key))
+    return finish(ctx, final)

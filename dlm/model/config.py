@@ -7,7 +7,14 @@ from typing import Any
 
 import jax.numpy as jnp
 
-ARCHS = ("llada", "dream", "sdar", "fast_dllm_v2")
+ARCHS = ("llada", "dream", "sdar", "fast_dllm_v2", "llada2", "llada_moe", "sdar_moe")
+# How a mixture-of-experts block picks and weights its experts (dlm/model/moe.py):
+#   "softmax": softmax over all experts in float32 (+ expert bias if any), top-k of that, the same values as
+#              weights (Qwen3-MoE / SDAR-MoE, LLaDA-MoE), renormalised over the k if `norm_topk_prob`;
+#   "sigmoid_groups": sigmoid scores; the bias is added for the choice only; the choice is limited to the
+#              `topk_groups` best of `n_groups` expert groups (a group's score: the sum of its two best); the
+#              weights are the chosen unbiased scores over their sum (k > 1) times `routed_scale` (LLaDA2.x).
+ROUTERS = ("softmax", "sigmoid_groups")
 ATTENTION_LAYOUTS = ("bidirectional", "block_causal")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -46,6 +53,23 @@ class ModelConfig:
   attention_layout: str = "bidirectional"
   block_size: int | None = None  # the block of the block-causal layout (SDAR 4, Fast-dLLM v2 32)
   qk_norm: bool = False  # Qwen3 (SDAR): per-head RMSNorm of q and k over head_dim, before RoPE
+  rotary_dim: int | None = None  # None: RoPE over all of head_dim; LLaDA2.x: half of it (partial_rotary_factor)
+  # Mixture of experts (dlm/model/moe.py); n_experts == 0 is a dense network.  The first `first_dense_layers`
+  # layers keep the dense SwiGLU of width mlp_hidden (LLaDA2.x's first_k_dense_replace); the others route every
+  # token to `experts_per_token` of `n_experts` SwiGLU experts of width `expert_hidden`, plus a shared expert of
+  # width `shared_expert_hidden` that every token passes through (0: none).
+  n_experts: int = 0
+  experts_per_token: int = 0
+  expert_hidden: int = 0
+  shared_expert_hidden: int = 0
+  first_dense_layers: int = 0
+  router: str = "softmax"  # one of ROUTERS
+  router_bias: bool = False  # a per-expert bias (LLaDA2.x's and LLaDA-MoE's expert_bias buffer)
+  norm_topk_prob: bool = False  # softmax router: renormalise the k chosen weights to sum to 1
+  routed_scale: float = 1.0  # sigmoid_groups: the weights' factor (routed_scaling_factor)
+  n_groups: int = 1  # sigmoid_groups: expert groups (n_group)
+  topk_groups: int = 1  # sigmoid_groups: groups a token may choose from (topk_group)
+  router_float32: bool = True  # the router's matmul in float32 (LLaDA2.x) or the compute dtype (Qwen3-MoE)
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_len"):
@@ -76,6 +100,43 @@ class ModelConfig:
         raise ValueError("causal=True and attention_layout='block_causal' exclude each other")
     elif self.block_size is not None:
       raise ValueError(f"{self.block_size=} is only meaningful with attention_layout='block_causal'")
+    if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.dim_per_head and self.rotary_dim % 2 == 0):
+      raise ValueError(f"{self.rotary_dim=} must be an even int in (0, head_dim={self.dim_per_head}]")
+    self._check_experts()
+
+  def _check_experts(self):
+    if self.router not in ROUTERS:
+      raise ValueError(f"{self.router=}; expected one of {ROUTERS}")
+    for name in ("n_experts", "experts_per_token", "expert_hidden", "shared_expert_hidden", "first_dense_layers"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"ModelConfig.{name} must be an int >= 0, got {value!r}")
+    if not self.n_experts:
+      if self.experts_per_token or self.first_dense_layers or self.shared_expert_hidden:
+        raise ValueError("experts_per_token / first_dense_layers / shared_expert_hidden need n_experts > 0")
+      return
+    if not 0 < self.experts_per_token <= self.n_experts:
+      raise ValueError(f"{self.experts_per_token=} must lie in [1, n_experts={self.n_experts}]")
+    if self.expert_hidden <= 0:
+      raise ValueError(f"{self.expert_hidden=} must be positive when n_experts > 0")
+    if self.first_dense_layers >= self.n_layers:
+      raise ValueError(f"{self.first_dense_layers=} must be below n_layers={self.n_layers} (some layer is MoE)")
+    if self.n_experts % self.n_groups or not 0 < self.topk_groups <= self.n_groups:
+      raise ValueError(f"n_groups={self.n_groups} must divide n_experts={self.n_experts} and topk_groups="
+                       f"{self.topk_groups} lie in [1, n_groups]")
+    if self.router == "sigmoid_groups":
+      per_group = self.n_experts // self.n_groups
+      if per_group < 2 or self.topk_groups * per_group < self.experts_per_token:
+        raise ValueError(f"sigmoid_groups routing needs >= 2 experts a group and topk_groups * experts a group "
+                         f">= experts_per_token; got {self.n_groups=} {self.topk_groups=} {self.n_experts=}")
+
+  @property
+  def moe(self) -> bool:
+    return self.n_experts > 0
+
+  @property
+  def rope_dim(self) -> int:
+    return self.rotary_dim or self.dim_per_head
 
   @property
   def block_causal(self) -> bool:
@@ -204,6 +265,75 @@ def tiny_fast_dllm_v2(**overrides) -> ModelConfig:
   return cfg.replace(**overrides)
 
 
+def llada2_mini(**overrides) -> ModelConfig:
+  """LLaDA2.0/2.1-mini (16B total, ~1.4B active; Ling-2.0 body): 20 layers, the first dense, then 256 experts of
+  width 512 (8 a token, one shared, sigmoid scores limited to 4 of 8 groups, weights x 2.5), GQA 16/4, head_dim
+  128 with RoPE on its first half, q/k norm, untied head, block-causal in blocks of 32."""
+  cfg = ModelConfig(
+      vocab_size=157_184, d_model=2048, n_layers=20, n_heads=16, n_kv_heads=4, head_dim=128, rotary_dim=64,
+      mlp_hidden=5120, max_len=32_768, mask_id=156_895, eos_id=156_892, pad_id=156_892, rope_theta=600_000.0,
+      norm_eps=1e-6, qk_norm=True, attention_layout="block_causal", block_size=32, n_experts=256,
+      experts_per_token=8, expert_hidden=512, shared_expert_hidden=512, first_dense_layers=1,
+      router="sigmoid_groups", router_bias=True, norm_topk_prob=True, routed_scale=2.5, n_groups=8, topk_groups=4,
+      dtype="bfloat16", param_dtype="bfloat16", arch="llada2")
+  return cfg.replace(**overrides)
+
+
+def llada2_flash(**overrides) -> ModelConfig:
+  """LLaDA2.0/2.1-flash (100B total, ~6.1B active): 32 layers of width 4096, 32/4 heads, dense width 9216, 256
+  experts of width 1024 (the mini's routing)."""
+  return llada2_mini(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=4, mlp_hidden=9216, expert_hidden=1024,
+                     shared_expert_hidden=1024).replace(**overrides)
+
+
+def llada_moe_7b(**overrides) -> ModelConfig:
+  """LLaDA-MoE-7B-A1B (dInfer's model, OLMoE-style body): 16 layers of width 2048, MHA 16 heads, q/k norm over
+  head_dim, 64 experts of width 1024, 8 a token (softmax, no renormalisation), bidirectional."""
+  cfg = ModelConfig(
+      vocab_size=157_184, d_model=2048, n_layers=16, n_heads=16, mlp_hidden=8192, max_len=8192, mask_id=156_895,
+      eos_id=156_892, pad_id=156_892, rope_theta=50_000.0, norm_eps=1e-5, qk_norm=True, n_experts=64,
+      experts_per_token=8, expert_hidden=1024, router="softmax", norm_topk_prob=False, router_float32=False,
+      dtype="bfloat16", param_dtype="bfloat16", arch="llada_moe")
+  return cfg.replace(**overrides)
+
+
+def sdar_30b_a3b(**overrides) -> ModelConfig:
+  """SDAR-30B-A3B-Chat (Qwen3-30B-A3B body): 48 layers of width 2048, GQA 32/4, head_dim 128, q/k norm, 128
+  experts of width 768, 8 a token (softmax, renormalised), untied head, block-causal in blocks of 4."""
+  return _qwen3_sdar(2048, 48, 32, 6144, False, dict(
+      n_kv_heads=4, head_dim=128, n_experts=128, experts_per_token=8, expert_hidden=768, router="softmax",
+      norm_topk_prob=True, router_float32=False, arch="sdar_moe", **overrides))
+
+
+def tiny_llada2(**overrides) -> ModelConfig:
+  """A tiny LLaDA2-shaped MoE network (first layer dense, 8 experts in 4 groups, shared expert, partial RoPE)."""
+  cfg = ModelConfig(
+      vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=16, rotary_dim=8, mlp_hidden=64,
+      max_len=96, mask_id=1, eos_id=2, rope_theta=600_000.0, norm_eps=1e-6, qk_norm=True,
+      attention_layout="block_causal", block_size=8, n_experts=8, experts_per_token=2, expert_hidden=16,
+      shared_expert_hidden=16, first_dense_layers=1, router="sigmoid_groups", router_bias=True,
+      norm_topk_prob=True, routed_scale=2.5, n_groups=4, topk_groups=2, arch="llada2")
+  return cfg.replace(**overrides)
+
+
+def tiny_llada_moe(**overrides) -> ModelConfig:
+  """A tiny LLaDA-MoE-shaped network (bidirectional, q/k norm, 8 softmax-routed experts, 2 a token)."""
+  cfg = ModelConfig(
+      vocab_size=40, d_model=32, n_layers=2, n_heads=4, mlp_hidden=64, max_len=96, mask_id=1, eos_id=2,
+      rope_theta=50_000.0, qk_norm=True, n_experts=8, experts_per_token=2, expert_hidden=16, router="softmax",
+      router_float32=False, arch="llada_moe")
+  return cfg.replace(**overrides)
+
+
+def tiny_sdar_moe(**overrides) -> ModelConfig:
+  """A tiny SDAR-MoE-shaped network (Qwen3-MoE body, 8 experts, 2 a token, renormalised; blocks of 4)."""
+  return tiny_sdar(n_experts=8, experts_per_token=2, expert_hidden=16, router="softmax", norm_topk_prob=True,
+                   router_float32=False, arch="sdar_moe").replace(**overrides)
+
+
 PRESETS = {"llada-8b": llada_8b, "dream-7b": dream_7b, "tiny-llada": tiny_llada, "tiny-dream": tiny_dream,
            "sdar-1.7b": sdar_1_7b, "sdar-8b": sdar_8b, "fast-dllm-v2-1.5b": fast_dllm_v2_1_5b,
-           "fast-dllm-v2-7b": fast_dllm_v2_7b, "tiny-sdar": tiny_sdar, "tiny-fast-dllm-v2": tiny_fast_dllm_v2}
+           "fast-dllm-v2-7b": fast_dllm_v2_7b, "tiny-sdar": tiny_sdar, "tiny-fast-dllm-v2": tiny_fast_dllm_v2,
+           "llada2-mini": llada2_mini, "llada2-flash": llada2_flash, "llada-moe-7b": llada_moe_7b,
+           "sdar-30b-a3b": sdar_30b_a3b, "tiny-llada2": tiny_llada2, "tiny-llada-moe": tiny_llada_moe,
+           "tiny-sdar-moe": tiny_sdar_moe}

@@ -27,6 +27,7 @@ from flax import nnx
 
 from dlm.kernels.attention import attend, check_attention
 from dlm.model.config import ModelConfig
+from dlm.model.moe import MoE
 
 
 @flax.struct.dataclass
@@ -38,6 +39,11 @@ class KVCache:
 
 
 STACKED = "layers"  # the Transformer attribute whose parameters carry a leading [n_layers] axis
+# An MoE network whose first layers are dense (LLaDA2.x) keeps those in a second stack, run first; every stack's
+# parameters carry a leading [layers of that stack] axis, and checkpoints name them `dense_layers.{i}.…`.
+DENSE_STACK = "dense_layers"
+STACKS = (DENSE_STACK, STACKED)
+_STACK_PREFIX = re.compile(rf"^({'|'.join(STACKS)})\.")
 
 
 def stack_blocks(blocks: list[nnx.Module]) -> nnx.Module:
@@ -49,15 +55,24 @@ def stack_blocks(blocks: list[nnx.Module]) -> nnx.Module:
   return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
 
-def per_layer_names(flat: dict, n_layers: int) -> dict:
+def stacked_prefix(name: str) -> str | None:
+  """The stack a parameter path belongs to (`layers` or `dense_layers`), or None."""
+  m = _STACK_PREFIX.match(name)
+  return m.group(1) if m else None
+
+
+def per_layer_names(flat: dict, n_layers: int | None = None) -> dict:
   """{'layers.attn.q_proj.kernel': [n, ...]} -> {'layers.0.attn.q_proj.kernel': [...], ...}: the per-layer
-  names of the bundled-model format (and of every checkpoint written before the layers were stacked)."""
+  names of the bundled-model format (and of every checkpoint written before the layers were stacked).  Each
+  stack's length is its arrays' leading axis (`n_layers` is accepted for older callers and not needed)."""
+  del n_layers
   out = {}
   for name, value in flat.items():
-    if name.startswith(STACKED + "."):
-      rest = name[len(STACKED) + 1:]
-      for i in range(n_layers):
-        out[f"{STACKED}.{i}.{rest}"] = value[i]
+    stack = stacked_prefix(name)
+    if stack is not None:
+      rest = name[len(stack) + 1:]
+      for i in range(len(value)):
+        out[f"{stack}.{i}.{rest}"] = value[i]
     else:
       out[name] = value
   return out
@@ -71,14 +86,24 @@ def flat_params(module: nnx.Module) -> dict:
 def per_layer_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
   """Parameter name -> shape, under the per-layer names checkpoints use (`layers.{i}.attn.q_proj.kernel`)."""
   flat = {k: tuple(v.shape) for k, v in flat_params(model).items()}
-  n = model.cfg.n_layers
-  return per_layer_names({k: [s[1:]] * n if k.startswith(STACKED + ".") else s for k, s in flat.items()}, n)
+  return per_layer_names({k: [s[1:]] * s[0] if stacked_prefix(k) else s for k, s in flat.items()})
 
 
 def layer_path(name: str) -> tuple[str, int | None]:
   """A per-layer parameter name -> (stacked parameter path, layer index); other names -> (name, None)."""
-  m = re.match(rf"^{STACKED}\.(\d+)\.(.+)$", name)
-  return (f"{STACKED}.{m.group(2)}", int(m.group(1))) if m else (name, None)
+  m = re.match(rf"^({'|'.join(STACKS)})\.(\d+)\.(.+)$", name)
+  return (f"{m.group(1)}.{m.group(3)}", int(m.group(2))) if m else (name, None)
+
+
+def stack_sizes(cfg: ModelConfig) -> dict[str, int]:
+  """{stack attribute: its number of layers} in the order the forward pass runs them."""
+  dense = cfg.first_dense_layers if cfg.moe else 0
+  return {**({DENSE_STACK: dense} if dense else {}), STACKED: cfg.n_layers - dense}
+
+
+def network_layer(cfg: ModelConfig, stack: str, index: int) -> int:
+  """The depth (0-based, as Hugging Face numbers layers) of layer `index` of `stack`."""
+  return index + (cfg.first_dense_layers if cfg.moe and stack == STACKED else 0)
 
 
 def positions_from_valid(valid: jax.Array) -> jax.Array:
@@ -113,15 +138,20 @@ class RMSNorm(nnx.Module):
     return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def _rope(x, positions, theta: float):
-  """Rotary embedding, rotate-half convention (as HF Llama/Qwen2 and LLaDA).  x: [B, W, H, Dh]."""
+def _rope(x, positions, theta: float, rotary_dim: int | None = None):
+  """Rotary embedding, rotate-half convention (as HF Llama/Qwen2 and LLaDA).  x: [B, W, H, Dh].  With
+  `rotary_dim` < Dh only the first rotary_dim features turn (frequencies over rotary_dim, as HF's partial
+  rotary factor); the rest pass through (LLaDA2.x)."""
   dh = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))  # [Dh/2]
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, W, Dh/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, W, 1, Dh]
+  rd = rotary_dim or dh
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, rd, 2, dtype=jnp.float32) / rd))  # [rd/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, W, rd/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, W, 1, rd]
   x32 = x.astype(jnp.float32)
-  rotated = jnp.concatenate([-x32[..., dh // 2:], x32[..., :dh // 2]], axis=-1)
-  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+  turn, rest = x32[..., :rd], x32[..., rd:]
+  rotated = jnp.concatenate([-turn[..., rd // 2:], turn[..., :rd // 2]], axis=-1)
+  out = turn * jnp.cos(angles) + rotated * jnp.sin(angles)
+  return (out if rd == dh else jnp.concatenate([out, rest], axis=-1)).astype(x.dtype)
 
 
 def _linear(d_in, d_out, bias, cfg: ModelConfig, rngs):
@@ -148,9 +178,9 @@ class Attention(nnx.Module):
     b, w, _ = x.shape
     h, hkv, dh = cfg.n_heads, cfg.num_kv_heads, cfg.dim_per_head
     q = self.q_proj(x).reshape(b, w, h, dh)
-    q = _rope(self.q_norm(q) if cfg.qk_norm else q, positions, cfg.rope_theta)
+    q = _rope(self.q_norm(q) if cfg.qk_norm else q, positions, cfg.rope_theta, cfg.rotary_dim)
     k = self.k_proj(x).reshape(b, w, hkv, dh)
-    k = _rope(self.k_norm(k) if cfg.qk_norm else k, positions, cfg.rope_theta)
+    k = _rope(self.k_norm(k) if cfg.qk_norm else k, positions, cfg.rope_theta, cfg.rotary_dim)
     v = self.v_proj(x).reshape(b, w, hkv, dh)
     if layer_cache is not None:
       cache_k, cache_v = layer_cache
@@ -180,17 +210,23 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+  """One layer: attention, then a dense SwiGLU (`mlp`) or, in an MoE layer, a mixture of experts (`moe`)."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, *, moe: bool = False, rngs: nnx.Rngs):
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
     self.attn = Attention(cfg, rngs=rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
-    self.mlp = MLP(cfg, rngs=rngs)
+    if moe:
+      self.moe = MoE(cfg, rngs=rngs)
+    else:
+      self.mlp = MLP(cfg, rngs=rngs)
+    self.is_moe = moe
 
   def __call__(self, x, positions, valid, layer_cache, window_start):
     attn_out, kv = self.attn(self.attn_norm(x), positions, valid, layer_cache, window_start)
     x = x + attn_out
-    x = x + self.mlp(self.mlp_norm(x))
+    ffn = self.moe if self.is_moe else self.mlp
+    x = x + ffn(self.mlp_norm(x))
     return x, kv
 
 
@@ -202,8 +238,12 @@ class Transformer(nnx.Module):
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                            embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
     # One Block whose parameters are stacked on a leading [n_layers] axis (see `stack_blocks`); the
-    # per-layer names of checkpoints map onto it through `layer_path` / `per_layer_names`.
-    self.layers = stack_blocks([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    # per-layer names of checkpoints map onto it through `layer_path` / `per_layer_names`.  An MoE network with
+    # dense first layers holds those in `dense_layers`, run before `layers` (its MoE layers).
+    sizes = stack_sizes(cfg)
+    if DENSE_STACK in sizes:
+      self.dense_layers = stack_blocks([Block(cfg, rngs=rngs) for _ in range(sizes[DENSE_STACK])])
+    self.layers = stack_blocks([Block(cfg, moe=cfg.moe, rngs=rngs) for _ in range(sizes[STACKED])])
     self.scan_layers = True  # static: False runs the same stacked layers as an unrolled Python loop (reference)
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
     if not cfg.tie_embeddings:
@@ -212,7 +252,22 @@ class Transformer(nnx.Module):
   def set_attention(self, impl: str) -> "Transformer":
     """Choose the attention backend of every layer (dlm.kernels.attention.ATTENTION_IMPLS); returns self."""
     check_attention(impl)
-    self.layers.attn.impl = impl
+    for stack in self.stacks():
+      stack.attn.impl = impl
+    return self
+
+  def stacks(self) -> list[nnx.Module]:
+    """The stacked layer modules in the order the forward pass runs them."""
+    return [getattr(self, name) for name in stack_sizes(self.cfg)]
+
+  def set_moe_dispatch(self, dispatch: str) -> "Transformer":
+    """"grouped" (default: ragged_dot, expert-sharded under a mesh with an `expert` axis) or "dense" (every
+    expert on every token: the reference); returns self."""
+    if dispatch not in ("grouped", "dense"):
+      raise ValueError(f"{dispatch=}; expected 'grouped' or 'dense'")
+    if not self.cfg.moe:
+      raise ValueError("set_moe_dispatch: this network has no experts (n_experts=0)")
+    self.layers.moe.dispatch = dispatch
     return self
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
@@ -245,28 +300,39 @@ class Transformer(nnx.Module):
       raise ValueError("window_start is required when a cache is given")
     if valid.shape[-1] > cfg.max_len:
       raise ValueError(f"sequence length {valid.shape[-1]} exceeds the model's {cfg.max_len=}")
-    graphdef, stacked = nnx.split(self.layers)  # arrays [n_layers, ...]
+    all_keys, all_values, first = [], [], 0
+    for module, depth in zip(self.stacks(), stack_sizes(cfg).values()):
+      part = None if cache is None else (cache.keys[first:first + depth], cache.values[first:first + depth])
+      x, (keys, values) = self._run_stack(module, depth, x, positions, valid, part, window_start)
+      all_keys.append(keys)
+      all_values.append(values)
+      first += depth
+    if len(all_keys) > 1:
+      keys, values = jnp.concatenate(all_keys), jnp.concatenate(all_values)
+    hidden = self.final_norm(x)
+    return hidden, KVCache(keys=keys, values=values)
+
+  def _run_stack(self, module, depth, x, positions, valid, cache, window_start):
+    """One stack of layers over x: a scan (or the unrolled reference loop); its keys/values [depth, ...]."""
+    graphdef, stacked = nnx.split(module)  # arrays [depth, ...]
 
     def run_layer(x, layer_state, layer_cache):
       return nnx.merge(graphdef, layer_state)(x, positions, valid, layer_cache, window_start)
 
-    caches = () if cache is None else (cache.keys, cache.values)  # [n_layers, B, L, Hkv, Dh] each
+    caches = () if cache is None else cache  # [depth, B, L, Hkv, Dh] each
     if self.scan_layers:
       def body(x, xs):
         layer_state, *layer_cache = xs
         return run_layer(x, layer_state, tuple(layer_cache) or None)
 
-      x, (keys, values) = jax.lax.scan(body, x, (stacked, *caches))
-    else:
-      new_k, new_v = [], []
-      for i in range(cfg.n_layers):
-        layer_state = jax.tree.map(lambda a: a[i], stacked)
-        x, (k, v) = run_layer(x, layer_state, tuple(c[i] for c in caches) or None)
-        new_k.append(k)
-        new_v.append(v)
-      keys, values = jnp.stack(new_k), jnp.stack(new_v)
-    hidden = self.final_norm(x)
-    return hidden, KVCache(keys=keys, values=values)
+      return jax.lax.scan(body, x, (stacked, *caches))
+    new_k, new_v = [], []
+    for i in range(depth):
+      layer_state = jax.tree.map(lambda a: a[i], stacked)
+      x, (k, v) = run_layer(x, layer_state, tuple(c[i] for c in caches) or None)
+      new_k.append(k)
+      new_v.append(v)
+    return x, (jnp.stack(new_k), jnp.stack(new_v))
 
   def head_weight(self) -> tuple[jax.Array, int]:
     """The vocabulary head's matrix and its vocabulary axis: ([D, V], 1) for a Linear head, ([V, D], 0) tied.

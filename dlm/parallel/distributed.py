@@ -78,7 +78,7 @@ def is_primary() -> bool:
 def local_rows(mesh: Mesh, rows: int, width: int = 1) -> np.ndarray:
   """Indices of the batch rows [rows] this process's devices hold under the batch sharding (sorted)."""
   from dlm.parallel.rules import batch_spec
-  sharding = NamedSharding(mesh, batch_spec(2))
+  sharding = NamedSharding(mesh, batch_spec(2, mesh=mesh))
   held = set()
   for index in sharding.addressable_devices_indices_map((rows, width)).values():
     held.update(range(*index[0].indices(rows)))

@@ -1,8 +1,12 @@
-"""Device meshes for generation: the `data`, `fsdp` and `tensor` axes, parsed from `--mesh data=2,tensor=4`.
+"""Device meshes for generation: the `data`, `fsdp`, `expert` and `tensor` axes (`--mesh data=2,tensor=4`).
 
 * `data`: prompts (the batch) are split over it; parameters are replicated along it.
 * `fsdp`: the batch is split over it too, and every large parameter is sharded along it (each device holds
   1/fsdp of the weights; XLA gathers a layer's weights when it runs it).
+* `expert`: expert parallelism for mixture-of-experts networks: each device holds 1/expert of every MoE layer's
+  experts; the batch is split over it too (for the attention and dense parts it is one more data axis), and an MoE
+  layer gathers the tokens of the axis to every expert shard and scatters the summed outputs back
+  (dlm/model/moe.py).  On a dense network it acts as a data axis.
 * `tensor`: Megatron-style model parallelism: attention heads and the MLP hidden units are split over it (the
   column-parallel q/k/v/gate/up and the row-parallel o/down projections), and the vocabulary of the head.
 
@@ -23,8 +27,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # the axes the batch is split over
+AXES = ("data", "fsdp", "expert", "tensor")
+BATCH_AXES = ("data", "fsdp", "expert")  # the axes the batch is split over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +38,7 @@ class MeshSpec:
   data: int = 1
   fsdp: int = 1
   tensor: int = 1
+  expert: int = 1
 
   def __post_init__(self):
     for name in AXES:
@@ -43,7 +48,7 @@ class MeshSpec:
 
   @property
   def size(self) -> int:
-    return self.data * self.fsdp * self.tensor
+    return self.data * self.fsdp * self.expert * self.tensor
 
   @classmethod
   def parse(cls, text: str) -> "MeshSpec":
@@ -75,7 +80,7 @@ class MeshSpec:
       raise ValueError(f"--mesh {self}: needs {self.size} devices (the product of the axis sizes) but "
                        f"{len(devices)} are available ({devices[0].platform}); make the sizes multiply to "
                        f"{len(devices)}")
-    grid = np.asarray(devices, dtype=object).reshape(self.data, self.fsdp, self.tensor)
+    grid = np.asarray(devices, dtype=object).reshape(self.data, self.fsdp, self.expert, self.tensor)
     return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
@@ -87,15 +92,20 @@ def mesh_spec_of(mesh: Mesh) -> MeshSpec:
   return MeshSpec(**{a: int(mesh.shape[a]) for a in mesh.axis_names})
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The batch axes (data, fsdp, expert) this mesh has."""
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
 def batch_split(mesh: Mesh | None) -> int:
-  """How many pieces the batch is cut into (data x fsdp)."""
+  """How many pieces the batch is cut into (data x fsdp x expert)."""
   if mesh is None:
     return 1
   return math.prod(int(mesh.shape[a]) for a in BATCH_AXES if a in mesh.axis_names)
 
 
 def padded_rows(rows: int, mesh: Mesh | None) -> int:
-  """`rows` rounded up to a multiple of data x fsdp: the batch `generate` runs on the mesh."""
+  """`rows` rounded up to a multiple of data x fsdp x expert: the batch `generate` runs on the mesh."""
   split = batch_split(mesh)
   return -(-rows // split) * split
 

@@ -9,13 +9,17 @@ Parameters (per-layer shapes; a stacked layer parameter gets a replicated leadin
     attn.o_proj            [H*Dh, D]     (tensor, fsdp)    row-parallel
     mlp.{gate,up}_proj     [D, F]        (fsdp, tensor)    column-parallel: hidden units split over tensor
     mlp.down_proj          [F, D]        (tensor, fsdp)    row-parallel
-    *_norm.scale           [D]           replicated        (D floats: gathering them costs more than it saves)
+    moe.{gate,up}_proj     [E, D, F]     (expert, fsdp, tensor)  experts split over `expert`
+    moe.down_proj          [E, F, D]     (expert, tensor, fsdp)
+    moe.shared.*           as mlp.*                        the shared expert is a dense SwiGLU
+    moe.router.*           replicated    (the gate [D, E] and expert bias [E]: small, read by every token)
+    *_norm.scale           [D] or [Dh]   replicated        (D floats: gathering them costs more than it saves)
 
 k/v projections (and the KV cache's head axis) are split over `tensor` only when the key/value heads divide
 evenly (GQA with fewer KV heads than `tensor`, e.g. Dream's 4 at tensor=8, keeps them replicated over `tensor`,
 as Megatron does); every other split must divide its dimension, or `param_shardings` says which does not.
 
-Arrays of the generation loop: the batch axis over (data, fsdp), everything else replicated; the KV cache
+Arrays of the generation loop: the batch axis over (data, fsdp, expert), everything else replicated; the KV cache
 [n_layers, B, L, Hkv, Dh] also over tensor on its head axis.  `unruled_parameters` lists any parameter no rule
 covers; `param_shardings` refuses to place a network that has one, so nothing is replicated by accident.
 """
@@ -29,8 +33,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dlm.model.transformer import STACKED, Transformer, flat_params
-from dlm.parallel.mesh import BATCH_AXES, padded_rows
+from dlm.model.transformer import Transformer, flat_params, stacked_prefix
+from dlm.parallel.mesh import batch_axes, padded_rows
 
 REPLICATED = "replicated"
 _RULES: tuple[tuple[str, tuple | str], ...] = (
@@ -41,7 +45,12 @@ _RULES: tuple[tuple[str, tuple | str], ...] = (
     (r"attn\.o_proj\.kernel", ("tensor", "fsdp")),
     (r"mlp\.(gate|up)_proj\.kernel", ("fsdp", "tensor")),
     (r"mlp\.down_proj\.kernel", ("tensor", "fsdp")),
-    (r"(attn_norm|mlp_norm|final_norm)\.scale", REPLICATED),
+    (r"moe\.(gate|up)_proj", ("expert", "fsdp", "tensor")),
+    (r"moe\.down_proj", ("expert", "tensor", "fsdp")),
+    (r"moe\.shared\.(gate|up)_proj\.kernel", ("fsdp", "tensor")),
+    (r"moe\.shared\.down_proj\.kernel", ("tensor", "fsdp")),
+    (r"moe\.router\.(gate\.kernel|expert_bias)", REPLICATED),
+    (r"(attn_norm|mlp_norm|final_norm|attn\.q_norm|attn\.k_norm)\.scale", REPLICATED),
 )
 
 
@@ -52,7 +61,8 @@ def _present(mesh: Mesh, axis):
 
 def rule_for(path: str):
   """The per-layer partition of a parameter path (stacked prefix removed), or None if no rule covers it."""
-  inner = path[len(STACKED) + 1:] if path.startswith(STACKED + ".") else path
+  stack = stacked_prefix(path)
+  inner = path[len(stack) + 1:] if stack else path
   for pattern, spec in _RULES:
     if re.fullmatch(pattern, inner):
       return spec
@@ -69,7 +79,7 @@ def param_spec(path: str, shape: tuple[int, ...], cfg, mesh: Mesh) -> P:
   spec = rule_for(path)
   if spec is None:
     raise ValueError(f"parameter {path} has no sharding rule (dlm/parallel/rules.py); add one")
-  stacked = path.startswith(STACKED + ".")
+  stacked = stacked_prefix(path) is not None
   inner_shape = shape[1:] if stacked else shape
   axes = (None,) * len(inner_shape) if spec == REPLICATED else tuple(_present(mesh, a) for a in spec)
   if re.search(r"attn\.(k|v)_proj", path) and not kv_heads_split(cfg, mesh):
@@ -114,24 +124,25 @@ def shard_model(model: Transformer, mesh: Mesh) -> Transformer:
   return model
 
 
-def batch_spec(ndim: int, batch_axis: int = 0) -> P:
+def batch_spec(ndim: int, batch_axis: int = 0, mesh: Mesh | None = None) -> P:
+  """The batch axis over the mesh's batch axes (data, fsdp, expert), every other axis replicated."""
   axes = [None] * ndim
-  axes[batch_axis] = BATCH_AXES
+  axes[batch_axis] = batch_axes(mesh) if mesh is not None else ("data", "fsdp", "expert")
   return P(*axes)
 
 
 def state_shardings(tree, batch: int, mesh: Mesh, *, kv_heads_split: bool = False):
-  """Shardings for a loop-state pytree: an array whose leading axis is the batch is split over (data, fsdp);
+  """Shardings for a loop-state pytree: an array whose leading axis is the batch is split over (data, fsdp, expert);
   the KV cache [n_layers, B, L, Hkv, Dh] (5-D with the batch second) also over tensor on its heads; the rest
   (scalars, per-block counters, the key) replicated."""
   def one(x):
     shape = getattr(x, "shape", ())
     if len(shape) == 5 and shape[1] == batch:  # KV cache
-      return NamedSharding(mesh, P(None, BATCH_AXES, None, "tensor" if kv_heads_split else None, None))
+      return NamedSharding(mesh, P(None, batch_axes(mesh), None, "tensor" if kv_heads_split else None, None))
     if len(shape) >= 1 and shape[0] == batch:
-      return NamedSharding(mesh, batch_spec(len(shape)))
+      return NamedSharding(mesh, batch_spec(len(shape), mesh=mesh))
     if len(shape) >= 2 and shape[1] == batch:  # the recorded history [T, B, G]
-      return NamedSharding(mesh, batch_spec(len(shape), 1))
+      return NamedSharding(mesh, batch_spec(len(shape), 1, mesh))
     return NamedSharding(mesh, P())
   return jax.tree.map(one, tree)
 
@@ -164,12 +175,12 @@ def parameter_bytes(model: Transformer) -> dict:
 
 
 def _batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-  return NamedSharding(mesh, batch_spec(ndim))
+  return NamedSharding(mesh, batch_spec(ndim, mesh=mesh))
 
 
 def shard_batch(mesh: Mesh, prompts, prompt_valid):
-  """Prompts [B, P] and their mask onto the mesh, the batch split over (data, fsdp).  Host arrays (the same
-  global batch on every process) are padded to a multiple of data x fsdp with copies of row 0; a global
+  """Prompts [B, P] and their mask onto the mesh, the batch split over (data, fsdp, expert).  Host arrays (the same
+  global batch on every process) are padded to a multiple of data x fsdp x expert with copies of row 0; a global
   jax.Array (`global_batch`) is taken as it is."""
   if isinstance(prompts, jax.Array) and not prompts.is_fully_addressable:
     return prompts, prompt_valid
