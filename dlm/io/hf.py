@@ -1,4 +1,5 @@
-"""Hugging Face model folders <-> dlm networks: LLaDA (OLMo-style names) and Dream (Qwen2-style names).
+"""Hugging Face model folders <-> dlm networks: LLaDA (OLMo-style names), Dream, SDAR and Fast-dLLM v2 (Qwen-style
+names), and the mixture-of-experts LLaDA2.x, LLaDA-MoE and SDAR-MoE (dlm/io/hf_moe.py; load only).
 
     model, tokenizer = load_hf("path/to/LLaDA-8B-Instruct")        # or a hub id (downloaded once, then cached)
     export_hf(model, "out/my-llada", tokenizer_dir="path/to/LLaDA-8B-Instruct")
@@ -30,6 +31,8 @@ import numpy as np
 from flax import nnx
 
 from dlm.io import safetensors_stream as st
+from dlm.io.hf_moe import (MOE_ARCHS, MoEConfigError, config_from_hf_moe, detect_moe_arch, expert_index,
+                           moe_weight_names, piece_of, split_fused)
 from dlm.io.hub import HUB_ID, hub_cache_dir
 from dlm.io.tokenizer import TOKENIZER_FILES, HFTokenizer
 from dlm.model.config import ModelConfig
@@ -106,6 +109,9 @@ def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
 def detect_arch(hf_cfg: Mapping[str, Any]) -> str:
   archs = [str(a) for a in hf_cfg.get("architectures") or []]
   model_type = str(hf_cfg.get("model_type", "")).lower()
+  moe = detect_moe_arch(archs, model_type)
+  if moe is not None:
+    return moe
   if "LLaDAModelLM" in archs or model_type == "llada":  # LLaDA-8B Base/Instruct, LLaDA-1.5 (not the MoE ones)
     return "llada"
   if "DreamModel" in archs or model_type == "dream":
@@ -120,7 +126,8 @@ def detect_arch(hf_cfg: Mapping[str, Any]) -> str:
   raise CheckpointError(f"unsupported architecture: architectures={hf_cfg.get('architectures')} "
                         f"model_type={hf_cfg.get('model_type')!r}; dlm reads LLaDA (LLaDAModelLM / 'llada'), "
                         f"Dream (DreamModel / 'Dream'), SDAR (SDARForCausalLM / 'sdar') and Fast-dLLM v2 "
-                        f"(Fast_dLLM_QwenForCausalLM / 'Fast_dLLM_Qwen')")
+                        f"(Fast_dLLM_QwenForCausalLM / 'Fast_dLLM_Qwen'), LLaDA2.x (LLaDA2MoeModelLM), LLaDA-MoE "
+                        f"(LLaDAMoEModelLM / 'lladamoe') and SDAR-MoE (SDARMoeForCausalLM)")
 
 
 def _need(hf_cfg, key: str, arch: str):
@@ -166,6 +173,11 @@ def config_from_hf(hf_cfg: Mapping[str, Any], *, dtype: str = "bfloat16", param_
     return config_from_hf(hf_cfg, dtype=dtype, param_dtype=param_dtype).replace(max_len=max_len)
   arch = detect_arch(hf_cfg)
   common = {"dtype": dtype, "param_dtype": param_dtype or dtype, "arch": arch}
+  if arch in MOE_ARCHS:
+    try:
+      return config_from_hf_moe(hf_cfg, arch, _special_ids, common)
+    except MoEConfigError as e:
+      raise CheckpointError(str(e)) from None
   if arch == "llada":
     g = lambda k, d=None: hf_cfg.get(k, d)  # noqa: E731
     _check(g("block_type", "llama") in ("llama", "llada"), f"LLaDA block_type={g('block_type')!r}: only 'llama'")
@@ -226,6 +238,9 @@ def config_to_hf(cfg: ModelConfig, *, dtype: str | None = None, base: Mapping[st
   """The config.json for `cfg` in its architecture's own vocabulary.  Keys of `base` (an original config.json of
   the same architecture: auto_map, init settings, ...) are kept unless dlm owns them."""
   dtype = _TORCH_DTYPE[dtype or cfg.param_dtype]
+  if cfg.arch in MOE_ARCHS or cfg.moe:
+    raise CheckpointError(f"export of mixture-of-experts networks ({cfg.arch}) to Hugging Face folders is not "
+                          f"implemented; save it with dlm.io.save_model (dlm's own format) instead")
   out = dict(base or {})
   ids = {"mask_token_id": cfg.mask_id, "eos_token_id": cfg.eos_id, "eot_token_id": cfg.eot_id,
          "pad_token_id": cfg.pad_id, "torch_dtype": dtype}
@@ -278,6 +293,8 @@ def config_to_hf(cfg: ModelConfig, *, dtype: str | None = None, base: Mapping[st
 def weight_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
   """Hugging Face tensor name -> (dlm parameter path, transpose?) in file order.  Linear weights are stored
   [out, in] by PyTorch and [in, out] by dlm, hence the transpose."""
+  if cfg.arch in MOE_ARCHS:
+    return moe_weight_names(cfg)
   names: dict[str, tuple[str, bool]] = {}
   if cfg.arch == "llada":
     names["model.transformer.wte.weight"] = ("embed.embedding", False)
@@ -315,6 +332,21 @@ def weight_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
 
 def _head_name(cfg: ModelConfig) -> str:
   return "model.transformer.ff_out.weight" if cfg.arch == "llada" else "lm_head.weight"
+
+
+def _expected_shape(expected_shapes: Mapping[str, tuple], path: str) -> tuple:
+  """A parameter's per-layer shape; one expert's slice [D, F] for an expert piece `…[e]`."""
+  base, expert = expert_index(path)
+  shape = tuple(expected_shapes[base])
+  return shape if expert is None else shape[1:]
+
+
+def _read_index(path: str) -> tuple[str, tuple[int, ...]]:
+  """A per-layer dlm path -> (stacked parameter path, its leading indexes: () / (layer,) / (layer, expert))."""
+  base, expert = expert_index(path)
+  stacked, layer = layer_path(base)
+  index = () if layer is None else (layer,)
+  return stacked, index + (() if expert is None else (expert,))
 
 
 # -- reading --------------------------------------------------------------------------------------------------------
@@ -380,15 +412,15 @@ def _plan(cfg: ModelConfig, tensors: Mapping[str, st.TensorInfo], expected_shape
   ignorable = {n for n in tensors if _IGNORED.match(n)}
   if cfg.tie_embeddings:
     ignorable.add(_head_name(cfg))  # tied checkpoints sometimes still carry a copy of the head
-  missing = set(names) - set(tensors)
-  unexpected = set(tensors) - set(names) - ignorable
+  missing = {piece_of(n)[0] for n in set(names) - set(tensors)}
+  unexpected = {piece_of(n)[0] for n in set(tensors) - set(names) - ignorable}
   if missing or unexpected:
     raise CheckpointError(f"{cfg.arch} checkpoint does not match its config.json: missing tensors "
                           f"[{_listing(missing)}]; unexpected tensors [{_listing(unexpected)}]")
   wrong = []
   for hf_name, (path, transpose) in names.items():
     info = tensors[hf_name]
-    want = tuple(expected_shapes[path])
+    want = _expected_shape(expected_shapes, path)
     want = want[::-1] if transpose else want
     if info.shape != want:
       wrong.append(f"{hf_name}: checkpoint shape {info.shape} != expected {want}")
@@ -446,15 +478,15 @@ def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param
   if mesh is not None and shardings is None:
     from dlm.parallel.rules import loading_rule
     shardings = loading_rule(mesh, cfg)
-  tensors = checkpoint_tensors(folder)
+  tensors = split_fused(cfg, checkpoint_tensors(folder))
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   flat = {".".join(map(str, p)): (p, v) for p, v in nnx.to_flat_state(state)}
   plan = _plan(cfg, tensors, per_layer_shapes(abstract))
-  reads: dict[str, list[tuple[int | None, str, bool]]] = {}  # stacked path -> its tensors in layer order
+  reads: dict[str, list[tuple[tuple[int, ...], str, bool]]] = {}  # stacked path -> (index, tensor, transpose)
   for hf_name, path, transpose in plan:
-    stacked, layer = layer_path(path)
-    reads.setdefault(stacked, []).append((layer, hf_name, transpose))
+    stacked, index = _read_index(path)
+    reads.setdefault(stacked, []).append((index, hf_name, transpose))
   if set(flat) != set(reads):
     raise CheckpointError(f"internal: network parameters {_listing(set(flat) - set(reads))} have no checkpoint "
                           f"tensor")
@@ -464,7 +496,7 @@ def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param
     target = np.dtype(var.get_value().dtype)
     shape = tuple(var.get_value().shape)
     sharding = _sharding_for(path, shape, mesh, shardings)
-    value = _read_parameter(tensors, sorted(parts, key=lambda t: t[0] or 0), shape, target, sharding)
+    value = _read_parameter(tensors, parts, shape, target, sharding)
     value.block_until_ready()
     if value.nbytes > st.CHUNK_BYTES:
       gc.collect(0)  # a copying device_put leaves the host buffer in a young reference cycle: free it now
@@ -474,28 +506,31 @@ def load_hf(path_or_hub_id: str | os.PathLike, *, dtype: str = "bfloat16", param
 
 
 def _read_parameter(tensors, parts, shape, dtype, sharding) -> jax.Array:
-  """One network parameter from its checkpoint tensors: parts = [(layer or None, hf name, transpose)], one per
-  layer of a stacked parameter.  With a sharding, each device's piece is read on its own host and only the
-  stored rows it covers (`jax.make_array_from_callback`), so no host reads a shard it does not hold."""
-  stacked = parts[0][0] is not None
+  """One network parameter from its checkpoint tensors: parts = [(index, hf name, transpose)], index () for a
+  plain parameter, (layer,) for a stacked one and (layer, expert) for an MoE layer's experts.  With a sharding,
+  each device's piece is read on its own host and only the stored rows it covers
+  (`jax.make_array_from_callback`), so no host reads a shard it does not hold."""
+  lead = len(parts[0][0])  # leading stack axes filled one stored tensor at a time
+  by_index = {index: (hf_name, transpose) for index, hf_name, transpose in parts}
   if sharding is None:
-    if not stacked:
+    if not lead:
       _, hf_name, transpose = parts[0]
       return jax.device_put(st.read_tensor(tensors[hf_name], dtype=dtype, transpose=transpose))
     host = st.aligned_empty(shape, dtype)
-    for layer, hf_name, transpose in parts:
-      host[layer] = st.read_tensor(tensors[hf_name], dtype=dtype, transpose=transpose)
+    for index, (hf_name, transpose) in by_index.items():
+      host[index] = st.read_tensor(tensors[hf_name], dtype=dtype, transpose=transpose)
     return jax.device_put(host)
   cache: dict = {}
-  inner_shape = shape[1:] if stacked else shape  # one layer's shape
+  inner_shape = shape[lead:]  # one stored tensor's shape (transposed as dlm holds it)
 
   def piece(index: tuple[slice, ...]) -> np.ndarray:
     index = tuple(index) + (slice(None),) * (len(shape) - len(index))
-    layers = range(*index[0].indices(shape[0])) if stacked else [None]
-    inner = index[1:] if stacked else index
-    out = []
-    for layer in layers:
-      _, hf_name, transpose = parts[layer if stacked else 0]
+    outer = [range(*index[a].indices(shape[a])) for a in range(lead)]
+    inner = index[lead:]
+    out = np.empty([len(r) for r in outer] + [len(range(*s.indices(n))) for s, n in zip(inner, inner_shape)],
+                   dtype)
+    for pos in np.ndindex(*[len(r) for r in outer]):
+      hf_name, transpose = by_index[tuple(r[p] for r, p in zip(outer, pos))]
       row_axis = len(inner_shape) - 1 if transpose else 0  # the dlm axis that runs along the stored rows
       r0, r1, _ = inner[row_axis].indices(inner_shape[row_axis]) if inner_shape else (0, 0, 1)
       k = (hf_name, r0, r1)
@@ -504,8 +539,8 @@ def _read_parameter(tensors, parts, shape, dtype, sharding) -> jax.Array:
                                   rows=(r0, r1) if inner_shape else None)
       block = cache[k]
       rest = tuple(slice(None) if a == row_axis else s for a, s in enumerate(inner))
-      out.append(block[rest] if inner_shape else block)
-    return np.stack(out) if stacked else out[0]
+      out[pos] = block[rest] if inner_shape else block
+    return out
 
   return jax.make_array_from_callback(shape, sharding, piece)
 
