@@ -11,6 +11,7 @@ from dlm.samplers.draft_verify import DraftVerify
 from dlm.samplers.fast_dllm_v2 import FastDLLMv2
 from dlm.samplers.frechet import FrechetProfile
 from dlm.samplers.llada import LowConfidence, RandomRemasking
+from dlm.samplers.llada2 import LLaDA2Sampler
 from dlm.samplers.registry import SAMPLERS, make_sampler
 from dlm.samplers.eb import EntropyBounded
 from dlm.samplers.entropy_threshold import EntropyThreshold
@@ -27,5 +28,5 @@ from dlm.samplers.threshold import Factor, Threshold
 from dlm.samplers.wino import Wino
 
 __all__ = ["AdaptiveParallel", "Ancestral", "Credit", "Dilated", "DraftVerify", "DreamSampler", "EntropyBounded", "EntropyThreshold", "Factor", "FastDLLMv2", "FrechetProfile", "Hierarchy",
-           "IterationSmoothing", "JointSampler", "Klass", "LatentRefinement", "Learn2PD", "LowConfidence", "MultiBlock", "PCSampler", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "SDARSampler", "Sampler", "Threshold", "Wino",
+           "IterationSmoothing", "JointSampler", "Klass", "LLaDA2Sampler", "LatentRefinement", "Learn2PD", "LowConfidence", "MultiBlock", "PCSampler", "Prophet", "RandomRemasking", "ReMDM", "SAMPLERS", "SDARSampler", "Sampler", "Threshold", "Wino",
            "exponential_hires", "gumbel_argmax", "make_sampler", "probability_of", "topk_per_row"]

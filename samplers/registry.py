@@ -12,6 +12,7 @@ from dlm.samplers.dream import DreamSampler
 from dlm.samplers.draft_verify import DraftVerify
 from dlm.samplers.fast_dllm_v2 import FastDLLMv2
 from dlm.samplers.llada import LowConfidence, RandomRemasking
+from dlm.samplers.llada2 import LLaDA2Sampler
 from dlm.samplers.eb import EntropyBounded
 from dlm.samplers.frechet import FrechetProfile
 from dlm.samplers.entropy_threshold import EntropyThreshold
@@ -54,6 +55,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "pc_sampler": PCSampler,
     "fastdllm_pp": FrechetProfile,
     "multi_block": MultiBlock,
+    "llada2": LLaDA2Sampler,
 }
 
 

@@ -239,7 +239,7 @@ def test_samplers_that_read_statistics_never_ask_for_logits():
   from dlm.samplers.registry import SAMPLERS
   statistics_only = {"low_confidence", "random", "ancestral", "threshold", "factor", "dilated", "hierarchy", "eb",
                      "wino", "prophet", "learn2pd", "adjust", "sdar", "fast_dllm_v2", "draft_verify",
-                     "entropy_threshold", "pc_sampler", "fastdllm_pp", "multi_block"}
+                     "entropy_threshold", "pc_sampler", "fastdllm_pp", "multi_block", "llada2"}
   for name in statistics_only:
     assert not SAMPLERS[name]().head_request.logits, name
   # ADJUST's entropy is of the reshaped distribution once temperature or top-p reshape it: then full logits.

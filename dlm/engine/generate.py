@@ -34,7 +34,7 @@ from dlm.kernels.attention import ATTENTION_IMPLS
 from dlm.kernels.head import IMPLEMENTATIONS, HeadBlocks, HeadRequest
 from dlm.model.transformer import Transformer
 from dlm.parallel.mesh import current_mesh, use_mesh
-from dlm.parallel.rules import place_params, replicate, shard_batch, to_host, unpad_rows
+from dlm.parallel.rules import place_params, replicate, shard_batch, shard_rows, to_host, unpad_rows
 from dlm.samplers.base import Sampler
 
 
@@ -208,6 +208,8 @@ def _result(model, out, args, prompts, spec: EngineSpec, gen_length: int, stop_a
   """The compiled program's Generation as the caller gets it (generate's and generate_steps' last step)."""
   if spec.placement is not None:  # a block-causal model: back from the placed canvas to the caller's prompts
     cfg = model.cfg
+    if spec.mesh is not None:
+      out = to_host(unpad_rows(out, len(spec.placement.answer_start)))
     return to_caller(out, spec.placement, prompts, gen_length, mask_id=cfg.mask_id, end_ids=cfg.end_ids,
                      stop_at_eos=stop_at_eos)
   return _deliver(out.replace(prompt_length=args[2].shape[1]), prompts, spec)
@@ -270,8 +272,9 @@ def _prepare(model, prompts, prompt_valid=None, *, sampler, gen_length, block_le
   if mesh is not None:
     state = place_params(model, state, mesh)
     params, key = replicate(mesh, (params, key))
-  answer = None if placement is None else (jnp.asarray(placement.answer_init),
-                                            jnp.asarray(placement.answer_start))
+  answer = None if placement is None else (placement.answer_init, placement.answer_start)
+  if answer is not None:
+    answer = shard_rows(mesh, answer) if mesh is not None else tuple(map(jnp.asarray, answer))
   args = (graphdef, state, prompts.astype(jnp.int32), prompt_valid, key, max_steps, params, answer)
   return args, dict(sampler=sampler, spec=spec)
 
@@ -282,8 +285,6 @@ def _place_block_causal(model, prompts, prompt_valid, sampler, gen_length, block
   if cfg.block_size % block_length:
     raise ValueError(f"{block_length=} must divide the model's block_size={cfg.block_size} (a block-causal model "
                      f"decodes its blocks, or sub-blocks of them, in order)")
-  if mesh is not None:
-    raise ValueError("block-causal models run on one device in this version; pass mesh=None")
   placement = place_prompts(prompts, prompt_valid, block_size=cfg.block_size, gen_length=gen_length,
                             mask_id=cfg.mask_id, pad_id=cfg.eos_id if cfg.pad_id is None else cfg.pad_id)
   total = placement.prompts.shape[1] + placement.gen_length

@@ -121,6 +121,13 @@ class Decision:
   truncate: [B] int32 or None: end the answer after this answer-slot index (Learn2PD's end-of-text prediction):
     every later slot becomes EOS at once, committed and costing nothing, and blocks wholly after it are skipped;
     the slot itself and those before it decode on.  G (or more) leaves a row as it is.  Active rows only.
+  edit: [B, Bk] bool or None: committed slots of the view to *replace* by `tokens` (LLaDA2.1's token-to-token
+    editing), not sent back to the mask.  The engine keeps only slots the loop itself committed before this step
+    (commit_step >= 0: never a prompt token, nor a block-causal placement's prompt tail, nor a masked slot), of
+    active rows, and only where the token changes; an edited slot's commit_step becomes this iteration.  An edit
+    costs no forward of its own: it rides on the step's forward, and a sampler that edits after its block is
+    full holds the block open (`hold`) for the forwards that check it, each charged as NFE.  With the exact block
+    cache of a block-causal model the block's keys are written once, after its last edit.
   The plain tuple `(tokens, commit, carry)` is the same as `(Decision(tokens, commit), carry)`.
   """
 
@@ -130,6 +137,7 @@ class Decision:
   hold: jax.Array | None = None
   soft: jax.Array | None = None
   truncate: jax.Array | None = None
+  edit: jax.Array | None = None
 
 
 def as_decision(out) -> tuple[Decision, object]:
@@ -169,6 +177,7 @@ class BlockState:
   in_block: jax.Array | None = None  # [Bv] bool, the active block's slots in the view (None: the whole view)
   prompt: jax.Array | None = None  # [B, P] the prompts (left-padded), for samplers that run a model of their own
   prompt_valid: jax.Array | None = None  # [B, P] bool, False on padding
+  committed: jax.Array | None = None  # [B, Bv] bool, slots the loop committed (not masked, not a prompt token)
 
   @property
   def block_masked(self) -> jax.Array:

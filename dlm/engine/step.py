@@ -124,11 +124,12 @@ def head(ctx: StepContext, fwd, s: LoopState, where: Where, key) -> View:
 
 def decide(ctx: StepContext, view: View, s: LoopState, where: Where, key):
   cfg = ctx.net.cfg
+  steps = jax.lax.dynamic_slice_in_dim(s.commit_step, where.view_start - ctx.prompt_length, ctx.view_length, 1)
   block = BlockState(tokens=where.view_tokens, masked=where.masked, active=where.active,
                      entry_masked=where.entry_masked, step=s.step, block=s.block, num_blocks=ctx.spec.num_blocks,
                      block_length=ctx.block_length, mask_id=cfg.mask_id, end_ids=cfg.end_ids,
                      in_block=where.in_block if ctx.answer_view else None, prompt=ctx.prompts,
-                     prompt_valid=ctx.prompt_valid)
+                     prompt_valid=ctx.prompt_valid, committed=steps >= 0)
   return as_decision(ctx.sampler.step(view, block, s.carry, key))
 
 
@@ -158,6 +159,13 @@ def apply_decision(ctx: StepContext, s: LoopState, where: Where, decision) -> Ap
     view = jnp.where(remask, mask_id, view)
     new_steps = jnp.where(remask, -1, new_steps)
     changed, remasked = changed | remask.any(-1), remasked + remask.sum(-1).astype(jnp.int32)
+  if decision.edit is not None:
+    # Only slots the loop committed before this step (commit_step >= 0 excludes prompt tails and masks).
+    edit = decision.edit & (old_steps >= 0) & ~where.masked & active[:, None]
+    edit = edit & (decision.tokens.astype(jnp.int32) != view)
+    view = jnp.where(edit, decision.tokens.astype(jnp.int32), view)
+    new_steps = jnp.where(edit, s.iteration, new_steps)
+    changed = changed | edit.any(-1)
   hold = jnp.zeros((ctx.batch,), bool) if decision.hold is None else decision.hold & active
   inputs = ctx.feed.update(ctx.net, s.inputs, decision, active, vs - p, bv, type(ctx.sampler).__name__)
   tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, view, vs, axis=1)

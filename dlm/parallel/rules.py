@@ -194,6 +194,20 @@ def shard_batch(mesh: Mesh, prompts, prompt_valid):
   return place(prompts), place(valid)
 
 
+def shard_rows(mesh: Mesh, arrays):
+  """Host arrays with a leading batch axis (the same rows `shard_batch` was given) onto the mesh, padded the same
+  way (copies of row 0) and split over the batch axes: e.g. a block-causal placement's answer canvas."""
+  out = []
+  for a in arrays:
+    a = np.asarray(a)
+    pad = padded_rows(len(a), mesh) - len(a)
+    if pad:
+      a = np.concatenate([a, np.repeat(a[:1], pad, 0)])
+    sharding = _batch_sharding(mesh, a.ndim)
+    out.append(jax.make_array_from_callback(a.shape, sharding, lambda idx, a=a: a[idx]))
+  return tuple(out)
+
+
 def global_batch(mesh: Mesh, local_prompts, local_valid=None, global_rows: int | None = None):
   """Each process's own rows [B_local, P] -> the global [B, P] batch on the mesh (no process holds the rest).
   The rows of process k are the batch slice its devices hold (processes take consecutive slices)."""
