@@ -1,6 +1,7 @@
 """Mixture-of-experts networks (issue 24): routing and logits against the references, grouped dispatch against
 the dense reference, import of the three families' folders, sampling, dlm's own format, refusals."""
 
+import functools
 import json
 
 import jax
@@ -12,7 +13,7 @@ from dlm.engine import generate
 from dlm.io.hf import CheckpointError, export_hf, load_hf
 from dlm.io.params import load_model, save_model
 from dlm.model.config import ModelConfig, tiny_llada2, tiny_llada_moe, tiny_sdar_moe
-from dlm.model.moe import dispatch_dense, dispatch_grouped, route
+from dlm.model.moe import dispatch_dense, dispatch_grouped, dispatch_tiled, route
 from dlm.model.transformer import init_model, positions_from_valid
 from dlm.samplers import make_sampler
 
@@ -70,8 +71,8 @@ def test_group_limit_and_bias_change_the_choice():
 
 
 def test_grouped_dispatch_equals_every_expert_on_every_token():
-  """The ragged grouped matmuls (dropless) equal the dense reference, also when one expert takes most tokens
-  and others none, and when only a slice of the experts is held here (the expert-parallel shard)."""
+  """The ragged grouped matmuls and the tiled scan (both dropless) equal the dense reference, also when one expert
+  takes most tokens and others none, and when only a slice of the experts is held here (the expert shard)."""
   rng = np.random.default_rng(2)
   t, d, f, e, k = 40, 16, 8, 8, 3
   x = jnp.asarray(rng.normal(size=(t, d)), jnp.float32)
@@ -82,10 +83,11 @@ def test_grouped_dispatch_equals_every_expert_on_every_token():
     chosen = jnp.asarray(chosen, jnp.int32)
     weights = jnp.asarray(rng.random((t, k)), jnp.float32)
     ref = dispatch_dense(x, chosen, weights, gate, up, down)
-    np.testing.assert_allclose(dispatch_grouped(x, chosen, weights, gate, up, down), ref, rtol=1e-5, atol=1e-4)
-    halves = sum(dispatch_grouped(x, chosen, weights, gate[s:s + 4], up[s:s + 4], down[s:s + 4], first_expert=s)
-                 for s in (0, 4))
-    np.testing.assert_allclose(halves, ref, rtol=1e-5, atol=1e-4)
+    for fn in (dispatch_grouped, dispatch_tiled, functools.partial(dispatch_tiled, tile=4)):
+      np.testing.assert_allclose(fn(x, chosen, weights, gate, up, down), ref, rtol=1e-5, atol=1e-4)
+      halves = sum(fn(x, chosen, weights, gate[s:s + 4], up[s:s + 4], down[s:s + 4], first_expert=s)
+                   for s in (0, 4))
+      np.testing.assert_allclose(halves, ref, rtol=1e-5, atol=1e-4)
 
 
 def test_qwen3_moe_body_matches_transformers(tmp_path):
@@ -137,8 +139,9 @@ def test_moe_networks_sample_under_jit_and_round_trip_dlm_format(tmp_path, make)
   assert out.tokens.shape[0] == 2 and int(np.min(np.asarray(out.nfe))) > 0
   tokens = np.arange(3, 19)
   grouped = _logits(net, tokens)
-  np.testing.assert_allclose(_logits(net.set_moe_dispatch("dense"), tokens), grouped, rtol=1e-5, atol=1e-5)
-  net.set_moe_dispatch("grouped")
+  for dispatch in ("dense", "grouped"):
+    np.testing.assert_allclose(_logits(net.set_moe_dispatch(dispatch), tokens), grouped, rtol=1e-5, atol=1e-5)
+  net.set_moe_dispatch("auto")
   save_model(net, tmp_path / "net")
   back = load_model(tmp_path / "net")
   assert back.cfg == net.cfg

@@ -12,8 +12,10 @@ Routing follows each reference's modelling code exactly (the table in docs/moe.m
 
 Dispatch is dropless: every (token, expert) pair is computed, none is dropped for capacity.  The pairs are sorted
 by expert and run as one grouped matmul (`jax.lax.ragged_dot`) per projection, so the FLOPs are k tokens' worth,
-not E.  ``dispatch_dense`` (every expert on every token, combined by the routing weights) is the reference the
-tests hold the grouped path to.  Under a mesh with an ``expert`` axis (dlm/parallel) each device runs only its
+not E ("grouped", the default on GPU / TPU); XLA:CPU lowers ragged_dot to a dense product over every expert, so
+on CPU ("tiled") each expert's pairs are padded to whole row tiles and a scan runs the tiles through their
+experts.  ``dispatch_dense`` (every expert on every token, combined by the routing weights) is the reference the
+tests hold both to.  Under a mesh with an ``expert`` axis (dlm/parallel) each device runs only its
 own experts: the tokens are gathered to every expert shard, each shard computes the pairs routed to its experts
 and the partial outputs are summed over the axis (`shard_map`), so expert weights never move.
 
@@ -83,6 +85,49 @@ def dispatch_grouped(x, chosen, weights, gate, up, down, first_expert=0):
   return jnp.zeros((t, x.shape[-1]), jnp.float32).at[order // k].add(contrib)
 
 
+def _tile_rows(pairs: int, experts: int) -> int:
+  """Rows of one tile of the tiled dispatch: about the pairs an expert gets, a power of two in [8, 128]."""
+  per_expert = max(1, pairs // max(experts, 1))
+  return int(min(128, max(8, 1 << (per_expert - 1).bit_length())))
+
+
+def dispatch_tiled(x, chosen, weights, gate, up, down, first_expert=0, tile=None):
+  """`dispatch_grouped` without `ragged_dot`: each expert's pairs are padded to whole tiles of `tile` rows and a
+  scan runs one tile at a time through its own expert (the grouped matmul written out; XLA:CPU lowers
+  `ragged_dot` to a dense product over every expert, which does not fit at LLaDA2's 256 experts).  Dropless; the
+  padding is at most (tile - 1) rows an expert.  x [T, D] -> [T, D] float32."""
+  t, k = chosen.shape
+  local = gate.shape[0]
+  pairs = t * k
+  tile = tile or _tile_rows(pairs, local)
+  expert = chosen.reshape(-1) - first_expert  # [N]
+  mine = (expert >= 0) & (expert < local)
+  key = jnp.where(mine, expert, local)
+  order = jnp.argsort(key, stable=True)  # [N] pairs sorted by expert, foreign ones last
+  sizes = jnp.bincount(key, length=local + 1)[:local]  # [E]
+  padded = -(-sizes // tile) * tile
+  padded_end = jnp.cumsum(padded)
+  padded_start = padded_end - padded
+  sorted_start = jnp.cumsum(sizes) - sizes
+  capacity = -(-(pairs + local * (tile - 1)) // tile) * tile  # static bound on the padded rows
+  sorted_key = key[order]
+  rank = jnp.arange(pairs) - sorted_start[jnp.minimum(sorted_key, local - 1)]
+  slot = jnp.where(sorted_key < local, padded_start[jnp.minimum(sorted_key, local - 1)] + rank, capacity)  # [N]
+  rows = jnp.zeros((capacity, x.shape[-1]), x.dtype).at[slot].set(x[order // k], mode="drop")
+  tiles = capacity // tile
+  tile_expert = jnp.minimum(jnp.searchsorted(padded_end, jnp.arange(tiles) * tile, side="right"), local - 1)
+
+  def one(args):
+    xt, e = args  # [tile, D], []
+    h = jax.nn.silu(xt @ gate[e]) * (xt @ up[e])
+    return (h.astype(xt.dtype) @ down[e]).astype(jnp.float32)
+
+  out = jax.lax.map(one, (rows.reshape(tiles, tile, -1), tile_expert)).reshape(capacity, -1)  # [C, D]
+  w = jnp.where(mine, weights.reshape(-1), 0.0)[order]  # [N]
+  contrib = out.at[slot].get(mode="fill", fill_value=0.0) * w[:, None]
+  return jnp.zeros((t, x.shape[-1]), jnp.float32).at[order // k].add(contrib)
+
+
 def dispatch_dense(x, chosen, weights, gate, up, down):
   """Reference: every expert on every token, summed with the routing weights (0 for experts not chosen)."""
   e = gate.shape[0]
@@ -90,6 +135,17 @@ def dispatch_dense(x, chosen, weights, gate, up, down):
   h = jax.nn.silu(jnp.einsum("td,edf->etf", x, gate)) * jnp.einsum("td,edf->etf", x, up)
   out = jnp.einsum("etf,efd->etd", h.astype(x.dtype), down).astype(jnp.float32)  # [E, T, D]
   return jnp.einsum("etd,te->td", out, dense_w)
+
+
+DISPATCH = {"grouped": dispatch_grouped, "tiled": dispatch_tiled, "dense": dispatch_dense}
+DISPATCH_CHOICES = ("auto", *DISPATCH)
+
+
+def resolve_dispatch(dispatch: str) -> str:
+  """"auto" -> "tiled" on CPU (XLA:CPU runs ragged_dot densely over every expert), "grouped" on GPU / TPU."""
+  if dispatch == "auto":
+    return "tiled" if jax.default_backend() == "cpu" else "grouped"
+  return dispatch
 
 
 def _expert_mesh():
@@ -101,7 +157,7 @@ def _expert_mesh():
   return mesh
 
 
-def dispatch_sharded(mesh, x, chosen, weights, gate, up, down):
+def dispatch_sharded(mesh, x, chosen, weights, gate, up, down, grouped=None):
   """`dispatch_grouped` with the experts split over the mesh's `expert` axis (their hidden units also over
   `tensor` where the mesh has it).  x [B, W, D], chosen / weights [B, W, k] -> [B, W, D] float32.
 
@@ -114,6 +170,7 @@ def dispatch_sharded(mesh, x, chosen, weights, gate, up, down):
   tensor = "tensor" if "tensor" in mesh.axis_names and mesh.shape["tensor"] > 1 else None
   local = gate.shape[0] // mesh.shape[EXPERT_AXIS]
   split_rows = x.shape[0] % batch_split(mesh) == 0
+  grouped = grouped or dispatch_grouped
   rows = P(batch_axes(mesh)) if split_rows else P()
 
   def body(x, chosen, weights, gate, up, down):
@@ -121,8 +178,8 @@ def dispatch_sharded(mesh, x, chosen, weights, gate, up, down):
       x, chosen, weights = (jax.lax.all_gather(a, EXPERT_AXIS, axis=0, tiled=True) for a in (x, chosen, weights))
     b, w, d = x.shape
     first = jax.lax.axis_index(EXPERT_AXIS) * local
-    out = dispatch_grouped(x.reshape(b * w, d), chosen.reshape(b * w, -1), weights.reshape(b * w, -1), gate, up,
-                           down, first_expert=first).reshape(b, w, d)
+    out = grouped(x.reshape(b * w, d), chosen.reshape(b * w, -1), weights.reshape(b * w, -1), gate, up, down,
+                  first_expert=first).reshape(b, w, d)
     if tensor:
       out = jax.lax.psum(out, tensor)
     if split_rows:
@@ -182,7 +239,9 @@ class MoE(nnx.Module):
     self.down_proj = nnx.Param(init(rngs.params(), (e, f, d), cfg.params_dtype))
     if cfg.shared_expert_hidden:
       self.shared = SwiGLU(cfg, cfg.shared_expert_hidden, rngs=rngs)
-    self.dispatch = "grouped"  # static: "grouped" (ragged_dot, sharded under an expert mesh) or "dense" (reference)
+    # static: "auto" (tiled on CPU, grouped elsewhere), "grouped" (ragged_dot), "tiled" (a scan of expert tiles),
+    # each expert-sharded under a mesh with an expert axis; or "dense" (every expert on every token: the reference)
+    self.dispatch = "auto"
 
   def __call__(self, x):
     b, w, d = x.shape
@@ -192,14 +251,13 @@ class MoE(nnx.Module):
     gate, up, down = (p[...].astype(dt) for p in (self.gate_proj, self.up_proj, self.down_proj))
     xs = flat.astype(dt)
     mesh = None if self.dispatch == "dense" else _expert_mesh()
+    grouped = DISPATCH[resolve_dispatch(self.dispatch)]
     if mesh is not None:
       k = chosen.shape[-1]
       out = dispatch_sharded(mesh, xs.reshape(b, w, d), chosen.reshape(b, w, k), weights.reshape(b, w, k), gate,
-                             up, down)
-    elif self.dispatch == "dense":
-      out = dispatch_dense(xs, chosen, weights, gate, up, down)
+                             up, down, grouped=grouped)
     else:
-      out = dispatch_grouped(xs, chosen, weights, gate, up, down)
+      out = grouped(xs, chosen, weights, gate, up, down)
     out = out.astype(dt).reshape(b, w, d)
     if self.cfg.shared_expert_hidden:
       out = out + self.shared(x)

@@ -261,10 +261,12 @@ class Transformer(nnx.Module):
     return [getattr(self, name) for name in stack_sizes(self.cfg)]
 
   def set_moe_dispatch(self, dispatch: str) -> "Transformer":
-    """"grouped" (default: ragged_dot, expert-sharded under a mesh with an `expert` axis) or "dense" (every
-    expert on every token: the reference); returns self."""
-    if dispatch not in ("grouped", "dense"):
-      raise ValueError(f"{dispatch=}; expected 'grouped' or 'dense'")
+    """"auto" (default: "tiled" on CPU, "grouped" elsewhere), "grouped" (ragged_dot), "tiled" (a scan over
+    expert tiles) -- each expert-sharded under a mesh with an `expert` axis -- or "dense" (every expert on every
+    token: the reference); returns self."""
+    from dlm.model.moe import DISPATCH_CHOICES
+    if dispatch not in DISPATCH_CHOICES:
+      raise ValueError(f"{dispatch=}; expected one of {DISPATCH_CHOICES}")
     if not self.cfg.moe:
       raise ValueError("set_moe_dispatch: this network has no experts (n_experts=0)")
     self.layers.moe.dispatch = dispatch
