@@ -4,6 +4,8 @@
     python scripts/compile_time.py --preset dream-7b --caches dual prefix
     XLA_FLAGS=--xla_force_host_platform_device_count=16 python scripts/compile_time.py --mesh data=4,tensor=4 \
         --batch 32        # the SPMD program of a 16-chip slice, with XLA's per-device memory figures
+    XLA_FLAGS=--xla_force_host_platform_device_count=16 python scripts/compile_time.py --preset llada2-flash \
+        --caches block --sampler llada2 --mesh expert=16 --batch 32   # an MoE model's expert-parallel program
 
 Builds the network with `nnx.eval_shape` (shapes and dtypes only), lowers `generate`'s jitted program with
 `jax.ShapeDtypeStruct` prompts and compiles it for the local backend; prints one JSON line per cache policy
@@ -27,7 +29,7 @@ from dlm.model.config import PRESETS
 from dlm.model.transformer import Transformer
 from dlm.parallel.mesh import MeshSpec
 from dlm.parallel.rules import batch_spec, param_shardings
-from dlm.samplers.registry import make_sampler
+from dlm.samplers.registry import SAMPLERS, make_sampler
 
 
 def main(argv=None):
@@ -45,7 +47,8 @@ def main(argv=None):
   overrides = {} if args.layers is None else {"n_layers": args.layers}
   cfg = PRESETS[args.preset](**overrides)
   model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  sampler = make_sampler(args.sampler, steps=args.gen_length)
+  takes_steps = "steps" in getattr(SAMPLERS.get(args.sampler), "__dataclass_fields__", {})
+  sampler = make_sampler(args.sampler, **({"steps": args.gen_length} if takes_steps else {}))
   prompts = jnp.zeros((args.batch, args.prompt_length), jnp.int32)  # only its shape is used below
   mesh = None if args.mesh is None else MeshSpec.parse(args.mesh).make()
   for cache in args.caches:
@@ -75,16 +78,19 @@ def main(argv=None):
 def _sharded(model, abstract, mesh):
   """Abstract (state, prompts, valid, key, max_steps, params) with the shardings `generate` gives them."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  state, prompts, valid, key, max_steps, params = abstract
+  state, prompts, valid, key, max_steps, params, *answer = abstract  # answer: a block-causal placement's
   shardings = param_shardings(model, mesh)
   flat = [(p, v.replace(jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype,
                                              sharding=shardings[".".join(map(str, p))])))
           for p, v in nnx.to_flat_state(state)]
-  batch = NamedSharding(mesh, batch_spec(2))
+  batch = NamedSharding(mesh, batch_spec(2, mesh=mesh))
   rep = NamedSharding(mesh, P())
   with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
+  rows = lambda x: with_sharding(x, NamedSharding(mesh, batch_spec(x.ndim, mesh=mesh)))  # noqa: E731
+  placed = [None if a is None else jax.tree.map(rows, a) for a in answer]
   return (nnx.from_flat_state(flat), with_sharding(prompts, batch), with_sharding(valid, batch),
-          with_sharding(key, rep), with_sharding(max_steps, rep), jax.tree.map(lambda x: with_sharding(x, rep), params))
+          with_sharding(key, rep), with_sharding(max_steps, rep), jax.tree.map(lambda x: with_sharding(x, rep), params),
+          *placed)
 
 
 if __name__ == "__main__":

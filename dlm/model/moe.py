@@ -13,8 +13,8 @@ Routing follows each reference's modelling code exactly (the table in docs/moe.m
 Dispatch is dropless: every (token, expert) pair is computed, none is dropped for capacity.  The pairs are sorted
 by expert and run as one grouped matmul (`jax.lax.ragged_dot`) per projection, so the FLOPs are k tokens' worth,
 not E ("grouped", the default on GPU / TPU); XLA:CPU lowers ragged_dot to a dense product over every expert, so
-on CPU ("tiled") each expert's pairs are padded to whole row tiles and a scan runs the tiles through their
-experts.  ``dispatch_dense`` (every expert on every token, combined by the routing weights) is the reference the
+on CPU ("tiled") each expert's pairs are padded to whole row tiles and a loop over the experts runs each
+one's tiles through its weights.  ``dispatch_dense`` (every expert on every token, combined by the routing weights) is the reference the
 tests hold both to.  Under a mesh with an ``expert`` axis (dlm/parallel) each device runs only its
 own experts: the tokens are gathered to every expert shard, each shard computes the pairs routed to its experts
 and the partial outputs are summed over the axis (`shard_map`), so expert weights never move.
@@ -86,18 +86,18 @@ def dispatch_grouped(x, chosen, weights, gate, up, down, first_expert=0):
 
 
 def _tile_rows(pairs: int, experts: int) -> int:
-  """Rows of one tile of the tiled dispatch: about the pairs an expert gets, a power of two in [8, 128]."""
-  per_expert = max(1, pairs // max(experts, 1))
-  return int(min(128, max(8, 1 << (per_expert - 1).bit_length())))
+  """Rows of one tile of the tiled dispatch: about half the pairs an expert gets, a power of two in [8, 64]."""
+  per_expert = max(1, pairs // max(experts, 1) // 2)
+  return int(min(64, max(8, 1 << (per_expert - 1).bit_length())))
 
 
 def dispatch_tiled(x, chosen, weights, gate, up, down, first_expert=0, tile=None):
-  """`dispatch_grouped` without `ragged_dot`: each expert's pairs are padded to whole tiles of `tile` rows and a
-  scan runs one tile at a time through its own expert (the grouped matmul written out; XLA:CPU lowers
-  `ragged_dot` to a dense product over every expert, which does not fit at LLaDA2's 256 experts).  Dropless; the
-  padding is at most (tile - 1) rows an expert.  x [T, D] -> [T, D] float32."""
+  """`dispatch_grouped` without `ragged_dot`: each expert's pairs are padded to whole tiles of `tile` rows; a loop
+  over the experts slices each expert's weights once and runs its tiles through them (the grouped matmul written
+  out: XLA:CPU lowers `ragged_dot` to a dense product over every expert, which does not fit at LLaDA2's 256
+  experts).  Dropless; the padding is at most (tile - 1) rows an expert.  x [T, D] -> [T, D] float32."""
   t, k = chosen.shape
-  local = gate.shape[0]
+  local, d = gate.shape[0], x.shape[-1]
   pairs = t * k
   tile = tile or _tile_rows(pairs, local)
   expert = chosen.reshape(-1) - first_expert  # [N]
@@ -106,26 +106,30 @@ def dispatch_tiled(x, chosen, weights, gate, up, down, first_expert=0, tile=None
   order = jnp.argsort(key, stable=True)  # [N] pairs sorted by expert, foreign ones last
   sizes = jnp.bincount(key, length=local + 1)[:local]  # [E]
   padded = -(-sizes // tile) * tile
-  padded_end = jnp.cumsum(padded)
-  padded_start = padded_end - padded
+  padded_start = jnp.cumsum(padded) - padded
   sorted_start = jnp.cumsum(sizes) - sizes
   capacity = -(-(pairs + local * (tile - 1)) // tile) * tile  # static bound on the padded rows
   sorted_key = key[order]
-  rank = jnp.arange(pairs) - sorted_start[jnp.minimum(sorted_key, local - 1)]
-  slot = jnp.where(sorted_key < local, padded_start[jnp.minimum(sorted_key, local - 1)] + rank, capacity)  # [N]
-  rows = jnp.zeros((capacity, x.shape[-1]), x.dtype).at[slot].set(x[order // k], mode="drop")
-  tiles = capacity // tile
-  tile_expert = jnp.minimum(jnp.searchsorted(padded_end, jnp.arange(tiles) * tile, side="right"), local - 1)
+  group = jnp.minimum(sorted_key, local - 1)
+  rank = jnp.arange(pairs) - sorted_start[group]
+  slot = jnp.where(sorted_key < local, padded_start[group] + rank, capacity)  # [N] row in the padded buffer
+  rows = jnp.zeros((capacity, d), x.dtype).at[slot].set(x[order // k], mode="drop")
 
-  def one(args):
-    xt, e = args  # [tile, D], []
-    h = jax.nn.silu(xt @ gate[e]) * (xt @ up[e])
-    return (h.astype(xt.dtype) @ down[e]).astype(jnp.float32)
+  def per_expert(e, out):
+    g, u, dn = gate[e], up[e], down[e]  # sliced once for all of this expert's tiles
 
-  out = jax.lax.map(one, (rows.reshape(tiles, tile, -1), tile_expert)).reshape(capacity, -1)  # [C, D]
+    def per_tile(i, out):
+      r0 = padded_start[e] + i * tile
+      xt = jax.lax.dynamic_slice_in_dim(rows, r0, tile)  # [tile, D]
+      yt = (jax.nn.silu(xt @ g) * (xt @ u)).astype(xt.dtype) @ dn
+      return jax.lax.dynamic_update_slice_in_dim(out, yt.astype(jnp.float32), r0, 0)
+
+    return jax.lax.fori_loop(0, padded[e] // tile, per_tile, out)
+
+  out = jax.lax.fori_loop(0, local, per_expert, jnp.zeros((capacity, d), jnp.float32))  # [C, D]
   w = jnp.where(mine, weights.reshape(-1), 0.0)[order]  # [N]
   contrib = out.at[slot].get(mode="fill", fill_value=0.0) * w[:, None]
-  return jnp.zeros((t, x.shape[-1]), jnp.float32).at[order // k].add(contrib)
+  return jnp.zeros((t, d), jnp.float32).at[order // k].add(contrib)
 
 
 def dispatch_dense(x, chosen, weights, gate, up, down):
