@@ -37,6 +37,10 @@ def files(tmp_path_factory):
   (d / "head_other" / "head.json").write_text('{"kind": "learn2pd_filter", "block_length": 8, "model": "other"}')
   (d / "not_a_model.txt").write_text("x")
   out["file"] = str(d / "not_a_model.txt")
+  from dlm.io.params import save_model
+  from dlm.model.config import tiny_llada_moe
+  from dlm.model.transformer import init_model
+  save_model(init_model(tiny_llada_moe(vocab_size=80, max_len=512)), d / "moe_big_vocab")  # no tokenizer files
   return out
 
 
@@ -92,6 +96,10 @@ CASES = [
     (["sample", "--model", "bundled", "--prompt", "<chain>a=01;?a"], ["token id", "vocabulary has 48",
                                                                       "--model testbed"]),
     (["sample", "--task", "add", "--gen-length", "6", "--block-length", "4"], ["block_length=4", "divisor"]),
+    (["sample", "--model", "{dir}/moe_big_vocab", "--task", "add"], ["vocabulary (80)", "character tokenizer's",
+                                                                      "--model testbed"]),
+    (["sample", "--task", "add", "--sampler", "llada2", "--set", "max_post_steps=-1"], ["max_post_steps", ">= 0"]),
+    (["convert", "{dir}/moe_big_vocab", "{dir}/moe_hf", "--to-hf"], ["mixture-of-experts", "not implemented"]),
     (["train", "--config", "/nonexistent.yaml", "--out", "{dir}/t"], ["--config", "does not exist"]),
     (["train", "--config", "{dir}", "--out", "{dir}/t"], ["--config", "is a directory"]),
     (["train", "--steps", "0", "--out", "{dir}/t"], ["--steps", "positive integer"]),

@@ -51,6 +51,10 @@ def cmd_sample(args):
   if isinstance(prompts, np.ndarray) and int(prompts.max()) >= model.cfg.vocab_size:
     raise ValueError(f"the prompt uses token id {int(prompts.max())} but the model's vocabulary has "
                      f"{model.cfg.vocab_size} entries (the testbed tasks and characters need --model testbed)")
+  if hf_tokenizer is None and model.cfg.vocab_size > len(TOKENIZER.itos):
+    raise ValueError(f"the model's vocabulary ({model.cfg.vocab_size}) is larger than the character tokenizer's "
+                     f"({len(TOKENIZER.itos)}), so its answers cannot be decoded; use a model with its own "
+                     f"tokenizer files in the folder, or --model testbed for the tasks and characters")
   block = args.block_length or (task.block_length if task is not None else None) or gen_length
   from dlm.parallel.distributed import fault_point, is_primary
   fault_point("generate")
