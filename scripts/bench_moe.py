@@ -21,7 +21,8 @@ import jax
 from flax import nnx
 
 from dlm.model.config import PRESETS
-from dlm.model.moe import DISPATCH, MoE, SwiGLU, resolve_dispatch
+from dlm.model.layers import SwiGLU
+from dlm.model.moe import DISPATCH, MoE, resolve_dispatch
 
 
 def _median_time(fn, *args, repeats: int) -> float:

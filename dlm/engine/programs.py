@@ -289,7 +289,8 @@ class CandidateCopies(ForwardProgram):
       # A KV cache is [n_layers, R, L, ...]: rows on axis 1.
       state_k = jax.tree.map(lambda x: jnp.repeat(x, k, axis=1), state)
       where_k = dataclasses.replace(where, view_tokens=jax.lax.dynamic_slice_in_dim(canvases, where.view_start, bv, 1),
-                                    masked=repeat(where.masked), active=repeat(where.active))
+                                    masked=repeat(where.masked), view_steps=repeat(where.view_steps),
+                                    active=repeat(where.active))
       fwd = self.inner.run(self._expanded_context(ctx), s.replace(tokens=canvases, forward=state_k), where_k, feed)
       kept = jax.tree.map(lambda x: x[:, ::k], fwd.state)  # copy 0 of each row
       return (*split_copies(fwd.hidden, k), kept, jnp.asarray(fwd.width, jnp.int32) * k)

@@ -98,6 +98,7 @@ class Where:
   in_block: jax.Array  # [Bv] bool, the view slots inside the active block
   view_tokens: jax.Array  # [B, Bv]
   masked: jax.Array  # [B, Bv] bool
+  view_steps: jax.Array  # [B, Bv] int32, the view's commit steps (-1: never committed by the loop)
   active: jax.Array  # [B] bool, rows that decode this step
   entry_masked: jax.Array  # [B] int32, the block's masked count at its entry
 
@@ -110,11 +111,12 @@ def locate(ctx: StepContext, s: LoopState) -> Where:
   in_block = (slots >= start) & (slots < start + bk)  # [Bv]
   view_tokens = jax.lax.dynamic_slice_in_dim(s.tokens, vs, bv, axis=1)  # [B, Bv]
   masked = view_tokens == mask_id
+  view_steps = jax.lax.dynamic_slice_in_dim(s.commit_step, vs - p, bv, axis=1)  # [B, Bv]
   block_masked = masked & in_block[None]
   active = ~s.done & (block_masked.any(-1) | s.hold)
   entry_masked = jnp.where(s.step == 0, block_masked.sum(-1).astype(jnp.int32), s.entry_masked)
   return Where(start=start, view_start=vs, in_block=in_block, view_tokens=view_tokens, masked=masked,
-               active=active, entry_masked=entry_masked)
+               view_steps=view_steps, active=active, entry_masked=entry_masked)
 
 
 def head(ctx: StepContext, fwd, s: LoopState, where: Where, key) -> View:
@@ -124,12 +126,11 @@ def head(ctx: StepContext, fwd, s: LoopState, where: Where, key) -> View:
 
 def decide(ctx: StepContext, view: View, s: LoopState, where: Where, key):
   cfg = ctx.net.cfg
-  steps = jax.lax.dynamic_slice_in_dim(s.commit_step, where.view_start - ctx.prompt_length, ctx.view_length, 1)
   block = BlockState(tokens=where.view_tokens, masked=where.masked, active=where.active,
                      entry_masked=where.entry_masked, step=s.step, block=s.block, num_blocks=ctx.spec.num_blocks,
                      block_length=ctx.block_length, mask_id=cfg.mask_id, end_ids=cfg.end_ids,
                      in_block=where.in_block if ctx.answer_view else None, prompt=ctx.prompts,
-                     prompt_valid=ctx.prompt_valid, committed=steps >= 0)
+                     prompt_valid=ctx.prompt_valid, committed=where.view_steps >= 0)
   return as_decision(ctx.sampler.step(view, block, s.carry, key))
 
 
@@ -150,7 +151,7 @@ def apply_decision(ctx: StepContext, s: LoopState, where: Where, decision) -> Ap
   active, vs, bv = where.active, where.view_start, ctx.view_length
   commit = decision.commit & where.masked & active[:, None]
   view = jnp.where(commit, decision.tokens.astype(jnp.int32), where.view_tokens)
-  old_steps = jax.lax.dynamic_slice_in_dim(s.commit_step, vs - p, bv, axis=1)
+  old_steps = where.view_steps
   new_steps = jnp.where(commit, s.iteration, old_steps)
   changed, remasked = commit.any(-1), s.remasked
   if decision.remask is not None:
@@ -162,8 +163,9 @@ def apply_decision(ctx: StepContext, s: LoopState, where: Where, decision) -> Ap
   if decision.edit is not None:
     # Only slots the loop committed before this step (commit_step >= 0 excludes prompt tails and masks).
     edit = decision.edit & (old_steps >= 0) & ~where.masked & active[:, None]
-    edit = edit & (decision.tokens.astype(jnp.int32) != view)
-    view = jnp.where(edit, decision.tokens.astype(jnp.int32), view)
+    proposed = decision.tokens.astype(jnp.int32)
+    edit = edit & (proposed != view)
+    view = jnp.where(edit, proposed, view)
     new_steps = jnp.where(edit, s.iteration, new_steps)
     changed = changed | edit.any(-1)
   hold = jnp.zeros((ctx.batch,), bool) if decision.hold is None else decision.hold & active

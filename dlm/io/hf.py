@@ -31,8 +31,8 @@ import numpy as np
 from flax import nnx
 
 from dlm.io import safetensors_stream as st
-from dlm.io.hf_moe import (MOE_ARCHS, MoEConfigError, config_from_hf_moe, detect_moe_arch, expert_index,
-                           moe_weight_names, piece_of, split_fused)
+from dlm.io.hf_moe import (MOE_ARCHS, config_from_hf_moe, detect_moe_arch, expert_index, moe_weight_names,
+                           piece_of, split_fused)
 from dlm.io.hub import HUB_ID, hub_cache_dir
 from dlm.io.tokenizer import TOKENIZER_FILES, HFTokenizer
 from dlm.model.config import ModelConfig
@@ -174,10 +174,7 @@ def config_from_hf(hf_cfg: Mapping[str, Any], *, dtype: str = "bfloat16", param_
   arch = detect_arch(hf_cfg)
   common = {"dtype": dtype, "param_dtype": param_dtype or dtype, "arch": arch}
   if arch in MOE_ARCHS:
-    try:
-      return config_from_hf_moe(hf_cfg, arch, _special_ids, common)
-    except MoEConfigError as e:
-      raise CheckpointError(str(e)) from None
+    return config_from_hf_moe(hf_cfg, arch, common)
   if arch == "llada":
     g = lambda k, d=None: hf_cfg.get(k, d)  # noqa: E731
     _check(g("block_type", "llama") in ("llama", "llada"), f"LLaDA block_type={g('block_type')!r}: only 'llama'")

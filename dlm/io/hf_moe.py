@@ -34,10 +34,6 @@ _QKV = re.compile(r"^(.*)\.query_key_value\.(weight|bias):(q|k|v)$")
 _EXPERT = re.compile(r"^(.*)\[(\d+)\]$")
 
 
-class MoEConfigError(ValueError):
-  """A config.json of an MoE family that dlm cannot load as it stands."""
-
-
 def detect_moe_arch(archs: list[str], model_type: str) -> str | None:
   if "LLaDA2MoeModelLM" in archs or model_type == "llada2_moe":
     return "llada2"
@@ -48,19 +44,9 @@ def detect_moe_arch(archs: list[str], model_type: str) -> str | None:
   return None
 
 
-def _check(cond: bool, message: str):
-  if not cond:
-    raise MoEConfigError(message)
-
-
-def _need(hf_cfg, key: str, arch: str):
-  if hf_cfg.get(key) is None:
-    raise MoEConfigError(f"config.json of this {arch} model lacks {key!r}")
-  return hf_cfg[key]
-
-
 def rope_theta(hf_cfg, default: float) -> float:
   """rope_theta at the top level (the releases) or in transformers 5's rope_parameters."""
+  from dlm.io.hf import _check  # here, not at the top: dlm.io.hf imports this module
   params = hf_cfg.get("rope_parameters") or {}
   scaling = hf_cfg.get("rope_scaling") or {}
   kind = params.get("rope_type", params.get("type", "default"))
@@ -69,6 +55,7 @@ def rope_theta(hf_cfg, default: float) -> float:
 
 
 def _rotary_dim(hf_cfg, head_dim: int) -> int | None:
+  from dlm.io.hf import _check
   factor = hf_cfg.get("partial_rotary_factor")
   if factor in (None, -1, 1, 1.0):
     return None
@@ -77,9 +64,10 @@ def _rotary_dim(hf_cfg, head_dim: int) -> int | None:
   return None if rd == head_dim else rd
 
 
-def config_from_hf_moe(hf_cfg: Mapping[str, Any], arch: str, special_ids, common: dict) -> ModelConfig:
-  """The ModelConfig of an LLaDA2 / LLaDA-MoE / SDAR-MoE config.json.  special_ids(hf_cfg, defaults, vocab)
-  resolves mask/eos/eot/pad ids (dlm.io.hf._special_ids)."""
+def config_from_hf_moe(hf_cfg: Mapping[str, Any], arch: str, common: dict) -> ModelConfig:
+  """The ModelConfig of an LLaDA2 / LLaDA-MoE / SDAR-MoE config.json (dlm.io.hf.config_from_hf's MoE branch;
+  an unsupported feature is its one-line CheckpointError)."""
+  from dlm.io.hf import _check, _need, _special_ids
   g = lambda k, d=None: hf_cfg.get(k, d)  # noqa: E731
   _check(g("hidden_act", "silu") == "silu", f"{arch} hidden_act={g('hidden_act')!r}: only silu")
   d_model, n_heads = _need(hf_cfg, "hidden_size", arch), _need(hf_cfg, "num_attention_heads", arch)
@@ -145,7 +133,7 @@ def config_from_hf_moe(hf_cfg: Mapping[str, Any], arch: str, special_ids, common
                   mlp_hidden=int(g("intermediate_size") or routing["expert_hidden"]),
                   norm_eps=float(g("rms_norm_eps", 1e-6)), rope_theta=rope_theta(hf_cfg, 10_000.0))
     ids = SDAR_MOE_IDS
-  return ModelConfig(**shape, **routing, **layout, **special_ids(hf_cfg, ids, vocab), **common)
+  return ModelConfig(**shape, **routing, **layout, **_special_ids(hf_cfg, ids, vocab), **common)
 
 
 def _layer_names(cfg: ModelConfig, i: int) -> str:

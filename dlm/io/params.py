@@ -23,7 +23,7 @@ from dlm.model.transformer import Transformer, flat_params, layer_path, per_laye
 def _flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
   """Parameter name -> host array; a Transformer's stacked layers under their per-layer names (`layers.0.…`)."""
   out = {k: np.asarray(jax.device_get(v)) for k, v in flat_params(model).items()}
-  return per_layer_names(out, model.cfg.n_layers) if isinstance(model, Transformer) else out
+  return per_layer_names(out) if isinstance(model, Transformer) else out
 
 
 def atomic_write(path: Path, write_fn) -> None:

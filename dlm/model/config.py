@@ -135,10 +135,6 @@ class ModelConfig:
     return self.n_experts > 0
 
   @property
-  def rope_dim(self) -> int:
-    return self.rotary_dim or self.dim_per_head
-
-  @property
   def block_causal(self) -> bool:
     return self.attention_layout == "block_causal"
 

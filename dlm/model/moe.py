@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm.model.config import ModelConfig
+from dlm.model.layers import SwiGLU, linear
 
 EXPERT_AXIS = "expert"
 
@@ -68,21 +69,33 @@ def _swiglu_grouped(xs, gate, up, down, group_sizes):
   return jax.lax.ragged_dot(h.astype(xs.dtype), down, group_sizes)
 
 
+def _pairs_by_expert(chosen, first_expert, local):
+  """The T*k (token, expert) pairs sorted by expert, for the experts [first_expert, first_expert + local) held
+  here; pairs routed elsewhere sort last, into no group.  -> (mine [N] bool in pair order, order [N] pair
+  indexes in sorted order, sorted_key [N] local expert or `local`, sizes [E] pairs per local expert)."""
+  expert = chosen.reshape(-1) - first_expert  # [N]
+  mine = (expert >= 0) & (expert < local)
+  key = jnp.where(mine, expert, local)
+  order = jnp.argsort(key, stable=True)
+  return mine, order, key[order], jnp.bincount(key, length=local + 1)[:local]
+
+
+def _combine(sorted_out, weights, mine, order, t):
+  """Expert outputs of the sorted pairs [N, D] -> [T, D] float32: each weighted by its routing weight (0 for a
+  pair routed elsewhere) and summed into its token."""
+  k = weights.shape[-1]
+  w = jnp.where(mine, weights.reshape(-1), 0.0)[order]  # [N]
+  contrib = sorted_out.astype(jnp.float32) * w[:, None]
+  return jnp.zeros((t, sorted_out.shape[-1]), jnp.float32).at[order // k].add(contrib)
+
+
 def dispatch_grouped(x, chosen, weights, gate, up, down, first_expert=0):
   """Dropless grouped dispatch over the experts [first_expert, first_expert + gate.shape[0]) held here; pairs
   routed elsewhere contribute 0 (another shard computes them).  x [T, D] -> [T, D] float32."""
   t, k = chosen.shape
-  local = gate.shape[0]
-  expert = chosen.reshape(-1) - first_expert  # [T*k]
-  mine = (expert >= 0) & (expert < local)
-  key = jnp.where(mine, expert, local)  # foreign pairs sort last, into no group
-  order = jnp.argsort(key, stable=True)
-  group_sizes = jnp.bincount(key, length=local + 1)[:local].astype(jnp.int32)
-  xs = x[order // k]  # [T*k, D]
-  out = _swiglu_grouped(xs, gate, up, down, group_sizes)  # [T*k, D]
-  w = jnp.where(mine, weights.reshape(-1), 0.0)[order]  # [T*k]
-  contrib = out.astype(jnp.float32) * w[:, None]
-  return jnp.zeros((t, x.shape[-1]), jnp.float32).at[order // k].add(contrib)
+  mine, order, _, sizes = _pairs_by_expert(chosen, first_expert, gate.shape[0])
+  out = _swiglu_grouped(x[order // k], gate, up, down, sizes.astype(jnp.int32))  # [T*k, D]
+  return _combine(out, weights, mine, order, t)
 
 
 def _tile_rows(pairs: int, experts: int) -> int:
@@ -100,16 +113,11 @@ def dispatch_tiled(x, chosen, weights, gate, up, down, first_expert=0, tile=None
   local, d = gate.shape[0], x.shape[-1]
   pairs = t * k
   tile = tile or _tile_rows(pairs, local)
-  expert = chosen.reshape(-1) - first_expert  # [N]
-  mine = (expert >= 0) & (expert < local)
-  key = jnp.where(mine, expert, local)
-  order = jnp.argsort(key, stable=True)  # [N] pairs sorted by expert, foreign ones last
-  sizes = jnp.bincount(key, length=local + 1)[:local]  # [E]
+  mine, order, sorted_key, sizes = _pairs_by_expert(chosen, first_expert, local)
   padded = -(-sizes // tile) * tile
   padded_start = jnp.cumsum(padded) - padded
   sorted_start = jnp.cumsum(sizes) - sizes
   capacity = -(-(pairs + local * (tile - 1)) // tile) * tile  # static bound on the padded rows
-  sorted_key = key[order]
   group = jnp.minimum(sorted_key, local - 1)
   rank = jnp.arange(pairs) - sorted_start[group]
   slot = jnp.where(sorted_key < local, padded_start[group] + rank, capacity)  # [N] row in the padded buffer
@@ -127,9 +135,7 @@ def dispatch_tiled(x, chosen, weights, gate, up, down, first_expert=0, tile=None
     return jax.lax.fori_loop(0, padded[e] // tile, per_tile, out)
 
   out = jax.lax.fori_loop(0, local, per_expert, jnp.zeros((capacity, d), jnp.float32))  # [C, D]
-  w = jnp.where(mine, weights.reshape(-1), 0.0)[order]  # [N]
-  contrib = out.at[slot].get(mode="fill", fill_value=0.0) * w[:, None]
-  return jnp.zeros((t, d), jnp.float32).at[order // k].add(contrib)
+  return _combine(out.at[slot].get(mode="fill", fill_value=0.0), weights, mine, order, t)
 
 
 def dispatch_dense(x, chosen, weights, gate, up, down):
@@ -161,8 +167,8 @@ def _expert_mesh():
   return mesh
 
 
-def dispatch_sharded(mesh, x, chosen, weights, gate, up, down, grouped=None):
-  """`dispatch_grouped` with the experts split over the mesh's `expert` axis (their hidden units also over
+def dispatch_sharded(mesh, x, chosen, weights, gate, up, down, grouped):
+  """`grouped` (dispatch_grouped or dispatch_tiled) with the experts split over the mesh's `expert` axis (their hidden units also over
   `tensor` where the mesh has it).  x [B, W, D], chosen / weights [B, W, k] -> [B, W, D] float32.
 
   Where the batch divides over the mesh's batch axes (data, fsdp, expert), each device starts from its own rows:
@@ -174,7 +180,6 @@ def dispatch_sharded(mesh, x, chosen, weights, gate, up, down, grouped=None):
   tensor = "tensor" if "tensor" in mesh.axis_names and mesh.shape["tensor"] > 1 else None
   local = gate.shape[0] // mesh.shape[EXPERT_AXIS]
   split_rows = x.shape[0] % batch_split(mesh) == 0
-  grouped = grouped or dispatch_grouped
   rows = P(batch_axes(mesh)) if split_rows else P()
 
   def body(x, chosen, weights, gate, up, down):
@@ -197,18 +202,12 @@ def dispatch_sharded(mesh, x, chosen, weights, gate, up, down, grouped=None):
       out_specs=rows, check_vma=False)(x, chosen, weights, gate, up, down)
 
 
-def _linear(d_in, d_out, cfg: ModelConfig, rngs, dtype=None):
-  return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype or cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                    kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
-
-
 class Router(nnx.Module):
   """The gate: [D] -> E logits (float32 matmul where the reference runs it in float32), plus the expert bias."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.gate = _linear(cfg.d_model, cfg.n_experts, cfg, rngs,
-                        dtype=jnp.float32 if cfg.router_float32 else None)
+    self.gate = linear(cfg.d_model, cfg.n_experts, cfg, rngs, dtype=jnp.float32 if cfg.router_float32 else None)
     if cfg.router_bias:
       self.expert_bias = nnx.Param(jnp.zeros((cfg.n_experts,), jnp.float32))
 
@@ -216,18 +215,6 @@ class Router(nnx.Module):
     x = x.astype(jnp.float32) if self.cfg.router_float32 else x
     logits = self.gate(x)  # [T, E]
     return route(logits, self.expert_bias[...] if self.cfg.router_bias else None, self.cfg)
-
-
-class SwiGLU(nnx.Module):
-  """One shared expert: down(silu(gate(x)) * up(x)) of width `hidden`."""
-
-  def __init__(self, cfg: ModelConfig, hidden: int, *, rngs: nnx.Rngs):
-    self.gate_proj = _linear(cfg.d_model, hidden, cfg, rngs)
-    self.up_proj = _linear(cfg.d_model, hidden, cfg, rngs)
-    self.down_proj = _linear(hidden, cfg.d_model, cfg, rngs)
-
-  def __call__(self, x):
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class MoE(nnx.Module):

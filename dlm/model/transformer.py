@@ -27,6 +27,7 @@ from flax import nnx
 
 from dlm.kernels.attention import attend, check_attention
 from dlm.model.config import ModelConfig
+from dlm.model.layers import SwiGLU, linear
 from dlm.model.moe import MoE
 
 
@@ -44,6 +45,7 @@ STACKED = "layers"  # the Transformer attribute whose parameters carry a leading
 DENSE_STACK = "dense_layers"
 STACKS = (DENSE_STACK, STACKED)
 _STACK_PREFIX = re.compile(rf"^({'|'.join(STACKS)})\.")
+_LAYER_NAME = re.compile(rf"^({'|'.join(STACKS)})\.(\d+)\.(.+)$")  # a per-layer name: stack, layer, the rest
 
 
 def stack_blocks(blocks: list[nnx.Module]) -> nnx.Module:
@@ -61,11 +63,10 @@ def stacked_prefix(name: str) -> str | None:
   return m.group(1) if m else None
 
 
-def per_layer_names(flat: dict, n_layers: int | None = None) -> dict:
+def per_layer_names(flat: dict) -> dict:
   """{'layers.attn.q_proj.kernel': [n, ...]} -> {'layers.0.attn.q_proj.kernel': [...], ...}: the per-layer
   names of the bundled-model format (and of every checkpoint written before the layers were stacked).  Each
-  stack's length is its arrays' leading axis (`n_layers` is accepted for older callers and not needed)."""
-  del n_layers
+  stack's length is its arrays' leading axis."""
   out = {}
   for name, value in flat.items():
     stack = stacked_prefix(name)
@@ -91,7 +92,7 @@ def per_layer_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 def layer_path(name: str) -> tuple[str, int | None]:
   """A per-layer parameter name -> (stacked parameter path, layer index); other names -> (name, None)."""
-  m = re.match(rf"^({'|'.join(STACKS)})\.(\d+)\.(.+)$", name)
+  m = _LAYER_NAME.match(name)
   return (f"{m.group(1)}.{m.group(3)}", int(m.group(2))) if m else (name, None)
 
 
@@ -100,10 +101,6 @@ def stack_sizes(cfg: ModelConfig) -> dict[str, int]:
   dense = cfg.first_dense_layers if cfg.moe else 0
   return {**({DENSE_STACK: dense} if dense else {}), STACKED: cfg.n_layers - dense}
 
-
-def network_layer(cfg: ModelConfig, stack: str, index: int) -> int:
-  """The depth (0-based, as Hugging Face numbers layers) of layer `index` of `stack`."""
-  return index + (cfg.first_dense_layers if cfg.moe and stack == STACKED else 0)
 
 
 def positions_from_valid(valid: jax.Array) -> jax.Array:
@@ -154,20 +151,15 @@ def _rope(x, positions, theta: float, rotary_dim: int | None = None):
   return (out if rd == dh else jnp.concatenate([out, rest], axis=-1)).astype(x.dtype)
 
 
-def _linear(d_in, d_out, bias, cfg: ModelConfig, rngs):
-  return nnx.Linear(d_in, d_out, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                    kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
-
-
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     h, hkv, dh = cfg.n_heads, cfg.num_kv_heads, cfg.dim_per_head
-    self.q_proj = _linear(cfg.d_model, h * dh, cfg.qkv_bias, cfg, rngs)
-    self.k_proj = _linear(cfg.d_model, hkv * dh, cfg.qkv_bias, cfg, rngs)
-    self.v_proj = _linear(cfg.d_model, hkv * dh, cfg.qkv_bias, cfg, rngs)
-    self.o_proj = _linear(h * dh, cfg.d_model, False, cfg, rngs)
+    self.q_proj = linear(cfg.d_model, h * dh, cfg, rngs, bias=cfg.qkv_bias)
+    self.k_proj = linear(cfg.d_model, hkv * dh, cfg, rngs, bias=cfg.qkv_bias)
+    self.v_proj = linear(cfg.d_model, hkv * dh, cfg, rngs, bias=cfg.qkv_bias)
+    self.o_proj = linear(h * dh, cfg.d_model, cfg, rngs)
     if cfg.qk_norm:  # Qwen3: one RMSNorm over head_dim shared by every head, applied before RoPE
       self.q_norm = RMSNorm(dh, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
       self.k_norm = RMSNorm(dh, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
@@ -197,16 +189,11 @@ class Attention(nnx.Module):
     return self.o_proj(out), (k, v)
 
 
-class MLP(nnx.Module):
-  """SwiGLU: down(silu(gate(x)) * up(x))."""
+class MLP(SwiGLU):
+  """A dense layer's SwiGLU, of width `mlp_hidden`."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.gate_proj = _linear(cfg.d_model, cfg.mlp_hidden, False, cfg, rngs)
-    self.up_proj = _linear(cfg.d_model, cfg.mlp_hidden, False, cfg, rngs)
-    self.down_proj = _linear(cfg.mlp_hidden, cfg.d_model, False, cfg, rngs)
-
-  def __call__(self, x):
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    super().__init__(cfg, cfg.mlp_hidden, rngs=rngs)
 
 
 class Block(nnx.Module):
@@ -247,7 +234,7 @@ class Transformer(nnx.Module):
     self.scan_layers = True  # static: False runs the same stacked layers as an unrolled Python loop (reference)
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=cfg.params_dtype, rngs=rngs)
     if not cfg.tie_embeddings:
-      self.head = _linear(cfg.d_model, cfg.vocab_size, False, cfg, rngs)
+      self.head = linear(cfg.d_model, cfg.vocab_size, cfg, rngs)
 
   def set_attention(self, impl: str) -> "Transformer":
     """Choose the attention backend of every layer (dlm.kernels.attention.ATTENTION_IMPLS); returns self."""

@@ -101,7 +101,7 @@ def batch_split(mesh: Mesh | None) -> int:
   """How many pieces the batch is cut into (data x fsdp x expert)."""
   if mesh is None:
     return 1
-  return math.prod(int(mesh.shape[a]) for a in BATCH_AXES if a in mesh.axis_names)
+  return math.prod(int(mesh.shape[a]) for a in batch_axes(mesh))
 
 
 def padded_rows(rows: int, mesh: Mesh | None) -> int:

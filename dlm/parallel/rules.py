@@ -34,7 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dlm.model.transformer import Transformer, flat_params, stacked_prefix
-from dlm.parallel.mesh import batch_axes, padded_rows
+from dlm.parallel.mesh import BATCH_AXES, batch_axes, padded_rows
 
 REPLICATED = "replicated"
 _RULES: tuple[tuple[str, tuple | str], ...] = (
@@ -127,7 +127,7 @@ def shard_model(model: Transformer, mesh: Mesh) -> Transformer:
 def batch_spec(ndim: int, batch_axis: int = 0, mesh: Mesh | None = None) -> P:
   """The batch axis over the mesh's batch axes (data, fsdp, expert), every other axis replicated."""
   axes = [None] * ndim
-  axes[batch_axis] = batch_axes(mesh) if mesh is not None else ("data", "fsdp", "expert")
+  axes[batch_axis] = batch_axes(mesh) if mesh is not None else BATCH_AXES
   return P(*axes)
 
 
@@ -184,19 +184,13 @@ def shard_batch(mesh: Mesh, prompts, prompt_valid):
   jax.Array (`global_batch`) is taken as it is."""
   if isinstance(prompts, jax.Array) and not prompts.is_fully_addressable:
     return prompts, prompt_valid
-  prompts, valid = np.asarray(prompts), np.asarray(prompt_valid, bool)
-  pad = padded_rows(len(prompts), mesh) - len(prompts)
-  if pad:
-    prompts = np.concatenate([prompts, np.repeat(prompts[:1], pad, 0)])
-    valid = np.concatenate([valid, np.repeat(valid[:1], pad, 0)])
-  sharding = _batch_sharding(mesh, 2)
-  place = lambda a: jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])  # noqa: E731
-  return place(prompts), place(valid)
+  return shard_rows(mesh, (prompts, np.asarray(prompt_valid, bool)))
 
 
 def shard_rows(mesh: Mesh, arrays):
-  """Host arrays with a leading batch axis (the same rows `shard_batch` was given) onto the mesh, padded the same
-  way (copies of row 0) and split over the batch axes: e.g. a block-causal placement's answer canvas."""
+  """Host arrays with a leading batch axis onto the mesh, each padded to a multiple of data x fsdp x expert with
+  copies of row 0 and split over the batch axes: the prompts and their mask (`shard_batch`), a block-causal
+  placement's answer canvas."""
   out = []
   for a in arrays:
     a = np.asarray(a)
